@@ -1,0 +1,100 @@
+"""Builders: gate BVT runs, try runs and promotion.
+
+Every pool's worker can serve both BVT builders; a worker runs one build at a time
+(``max_builds=1``), so a pool is never shared. Gate builds go before try builds
+(:func:`prioritize_builders`).
+"""
+
+from __future__ import annotations
+
+from buildbot.plugins import steps, util
+
+from master.inventory import Inventory
+from master.settings import Settings
+from workers.selection import make_next_worker
+
+GATE_BUILDER = "gate-bvt"
+TRY_BUILDER = "try-bvt"
+PROMOTE_BUILDER = "promote"
+
+# lower number = served first when pools free up
+BUILDER_PRIORITY = {PROMOTE_BUILDER: 0, GATE_BUILDER: 1, TRY_BUILDER: 2}
+
+
+def checkout_step(settings: Settings) -> steps.Git:
+    return steps.Git(
+        name="checkout",
+        repourl=settings.repo_url,
+        mode="full",
+        method="clobber",
+        haltOnFailure=True,
+        # a try job's patch is applied here; a patch that does not apply fails the build
+        # before any host is provisioned
+    )
+
+
+def bvt_factory(settings: Settings, inventory: Inventory) -> util.BuildFactory:
+    """checkout, then the BVT pipeline for the configured mode."""
+    f = util.BuildFactory()
+    f.addStep(checkout_step(settings))
+    if settings.bvt.mode == "demo":
+        f.addStep(
+            steps.ShellCommand(
+                name="bvt",
+                command=list(settings.bvt.command),
+                timeout=settings.bvt.timeout,
+                haltOnFailure=True,
+            )
+        )
+    else:
+        f.addStep(
+            steps.ShellCommand(
+                name="bvt",
+                command=["echo", "CloudStack BVT pipeline not configured"],
+                haltOnFailure=True,
+            )
+        )
+    return f
+
+
+def promote_factory(settings: Settings) -> util.BuildFactory:
+    f = util.BuildFactory()
+    f.addStep(steps.ShellCommand(name="promote", command=["true"]))
+    return f
+
+
+def builders(settings: Settings, inventory: Inventory, local_worker: str) -> list[util.BuilderConfig]:
+    pool_workers = [p.worker for p in inventory.pools]
+    next_worker = make_next_worker()
+    return [
+        util.BuilderConfig(
+            name=GATE_BUILDER,
+            workernames=pool_workers,
+            factory=bvt_factory(settings, inventory),
+            nextWorker=next_worker,
+            collapseRequests=False,
+            tags=["gate"],
+            description="BVT of one staging commit on a freshly installed pool",
+        ),
+        util.BuilderConfig(
+            name=TRY_BUILDER,
+            workernames=pool_workers,
+            factory=bvt_factory(settings, inventory),
+            nextWorker=next_worker,
+            collapseRequests=False,
+            tags=["try"],
+            description="A developer's patch through the same BVT; never promoted",
+        ),
+        util.BuilderConfig(
+            name=PROMOTE_BUILDER,
+            workernames=[local_worker],
+            factory=promote_factory(settings),
+            collapseRequests=False,
+            tags=["gate"],
+            description="Fast-forwards master to a commit whose BVT passed (plain push)",
+        ),
+    ]
+
+
+def prioritize_builders(buildmaster, builders_list):
+    return sorted(builders_list, key=lambda b: BUILDER_PRIORITY.get(b.name, 99))

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything qacloud needs on a fresh Debian 12 machine: the Debian packages listed in
+# deps/apt.txt (only the missing ones), a venv in $VENV, and the Python packages pinned in
+# requirements.lock. Idempotent; `make test` and `make demo` call it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+mapfile -t wanted < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' deps/apt.txt | awk '{print $1}')
+missing=()
+for p in "${wanted[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ! "$PYTHON" -m venv --help >/dev/null 2>&1 || ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+  missing+=(python3-venv)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp="$VENV/.qacloud-lock"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+if ! cmp -s requirements.lock "$stamp" 2>/dev/null; then
+  echo "bootstrap: installing Python packages from requirements.lock"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -c requirements.lock -r requirements.in 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+  "$VENV/bin/python" -c 'import buildbot, master.settings' # fail loudly if the install is broken
+  cp requirements.lock "$stamp"
+fi

@@ -1,0 +1,462 @@
+"""Real processes for integration tests: Buildbot master and workers, git repos, PostgreSQL.
+
+Everything binds 127.0.0.1 on free ports and is stopped by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.cookiejar
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from lab.secrets import write_secrets
+from master.inventory import load_inventory
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:
+            last_exc = e
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}"
+        + (f" (last error: {last_exc!r})" if last_exc else "")
+    )
+
+
+def run(argv, cwd=None, env=None, check=True, timeout=120) -> subprocess.CompletedProcess:
+    p = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{argv} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def git(*args, cwd, env=None, check=True) -> str:
+    e = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Test",
+        "GIT_AUTHOR_EMAIL": "test@example.org",
+        "GIT_COMMITTER_NAME": "Test",
+        "GIT_COMMITTER_EMAIL": "test@example.org",
+        **(env or {}),
+    }
+    return run(["git", *args], cwd=cwd, env=e, check=check).stdout.strip()
+
+
+@dataclass
+class GitProject:
+    """A bare origin with ``master`` and ``staging`` plus a working clone to commit from."""
+
+    origin: Path
+    work: Path
+
+    @classmethod
+    def create(cls, root: Path, files: dict[str, str]) -> GitProject:
+        root.mkdir(parents=True, exist_ok=True)
+        origin, work = root / "origin.git", root / "work"
+        git("init", "-q", "--bare", "-b", "master", str(origin), cwd=root)
+        git("init", "-q", "-b", "master", str(work), cwd=root)
+        proj = cls(origin, work)
+        proj.commit("initial", files)
+        git("remote", "add", "origin", str(origin), cwd=work)
+        git("push", "-q", "origin", "master", "master:staging", cwd=work)
+        git("checkout", "-q", "-b", "staging", cwd=work)
+        return proj
+
+    def commit(self, message: str, files: dict[str, str], author: str = "Test <test@example.org>") -> str:
+        for name, text in files.items():
+            p = self.work / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text)
+            if name.endswith(".sh"):
+                p.chmod(0o755)
+        git("add", "-A", cwd=self.work)
+        name, _, email = author.partition(" <")
+        git(
+            "commit",
+            "-q",
+            "-m",
+            message,
+            cwd=self.work,
+            env={"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email.rstrip(">")},
+        )
+        return git("rev-parse", "HEAD", cwd=self.work)
+
+    def push_staging(self) -> None:
+        git("push", "-q", "origin", "HEAD:staging", cwd=self.work)
+
+    def head(self, branch: str) -> str:
+        return git("rev-parse", branch, cwd=self.origin)
+
+
+@dataclass
+class Postgres:
+    """A private PostgreSQL cluster (Debian's binaries) on 127.0.0.1 and a free port."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+
+    @staticmethod
+    def bindir() -> Path:
+        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not candidates:
+            raise AssertionError("PostgreSQL is not installed: run `make test` (it installs postgresql)")
+        return candidates[-1].parent
+
+    def _as_postgres(self, *argv: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else list(argv)
+
+    def start(self) -> str:
+        data = self.root / "pgdata"
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres")
+        b = self.bindir()
+        run(self._as_postgres(str(b / "initdb"), "-q", "-A", "trust", "-U", "postgres", "-D", str(data)))
+        run(
+            self._as_postgres(
+                str(b / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(self.root / "pg.log"),
+                "-w",
+                "-o",
+                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1",
+                "start",
+            ),
+            timeout=60,
+        )
+        run(
+            self._as_postgres(
+                str(b / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "qacloud"
+            )
+        )
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/qacloud"
+
+    def stop(self) -> None:
+        run(
+            self._as_postgres(
+                str(self.bindir() / "pg_ctl"), "-D", str(self.root / "pgdata"), "-m", "fast", "-w", "stop"
+            ),
+            check=False,
+        )
+
+
+def write_inventory(path: Path, pools: list[dict]) -> Path:
+    path.write_text(yaml.safe_dump({"lab": "test lab", "pools": pools}, sort_keys=False))
+    return path
+
+
+def simple_pool(
+    name: str,
+    index: int,
+    bmc_ports: list[int] | None = None,
+    ssh_port: int = 22,
+    cobbler_url: str = "http://127.0.0.1:25151/cobbler_api",
+) -> dict:
+    """A pool of 1 management server + 2 KVM hosts on 127.0.<index>.0/24."""
+    net = f"127.0.{index}"
+    ports = bmc_ports or [16000 + index * 10 + i for i in range(3)]
+
+    def host(hname, last, port, hv=None):
+        h = {
+            "name": f"{name}-{hname}",
+            "macs": [f"52:54:00:{index:02x}:00:{last:02x}"],
+            "ip": f"{net}.{last}",
+            "profile": "qacloud-kvm" if hv else "qacloud-mgmt",
+            "ssh_port": ssh_port,
+            "bmc": {
+                "address": "127.0.0.1",
+                "port": port,
+                "username": "admin",
+                "password_secret": f"bmc-{name}",
+            },
+        }
+        if hv:
+            h["hypervisor"] = hv
+        return h
+
+    return {
+        "name": name,
+        "worker": f"{name}-qavm",
+        "network": {
+            "subnet": f"{net}.0/24",
+            "gateway": f"{net}.1",
+            "vlans": "100-199",
+            "http_proxy": f"http://{net}.2:3128",
+        },
+        "storage": {
+            "primary": f"nfs://{net}.2/export/primary",
+            "secondary": f"nfs://{net}.2/export/secondary",
+        },
+        "cobbler": {"url": cobbler_url, "username": "cobbler", "password_secret": "cobbler"},
+        "management": host("mgmt", 10, ports[0]),
+        "hypervisors": [host("kvm1", 11, ports[1], "kvm"), host("kvm2", 12, ports[2], "kvm")],
+    }
+
+
+@dataclass
+class Master:
+    """A real Buildbot master process (``buildbot start``) for given settings."""
+
+    basedir: Path
+    settings: Path
+    web_port: int
+    secrets: dict[str, str]
+    env: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}/"
+
+    def _env(self) -> dict:
+        return dict(os.environ, QACLOUD_SETTINGS=str(self.settings), **self.env)
+
+    def create(self) -> None:
+        run(
+            [str(BIN / "qacloud"), "create-master", str(self.basedir), "--settings", str(self.settings)],
+            env=self._env(),
+            timeout=180,
+        )
+
+    def start(self) -> None:
+        p = run(
+            [str(BIN / "buildbot"), "start", str(self.basedir)], env=self._env(), check=False, timeout=180
+        )
+        if p.returncode != 0:
+            raise AssertionError(f"master failed to start:\n{p.stdout}\n{p.stderr}\n{self.log_tail()}")
+        wait_for(lambda: self.api("workers") is not None, 30, "the master's REST API")
+
+    def pid(self) -> int | None:
+        f = self.basedir / "twistd.pid"
+        return int(f.read_text()) if f.exists() else None
+
+    def stop(self) -> None:
+        run([str(BIN / "buildbot"), "stop", str(self.basedir)], env=self._env(), check=False, timeout=120)
+
+    def kill(self) -> None:
+        pid = self.pid()
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            wait_for(lambda: not _alive(pid), 10, "the master to die")
+            (self.basedir / "twistd.pid").unlink(missing_ok=True)
+
+    def log_tail(self, n: int = 80) -> str:
+        f = self.basedir / "twistd.log"
+        return "\n".join(f.read_text(errors="replace").splitlines()[-n:]) if f.exists() else "(no twistd.log)"
+
+    def opener(self, user: str | None = None, password: str | None = None):
+        """A URL opener; with a user, logged in through /auth/login (session cookie)."""
+        if user is None:
+            return urllib.request.build_opener()
+        jar = http.cookiejar.CookieJar()
+        op = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        pw = password if password is not None else self.secrets[f"user-{user}"]
+        req = urllib.request.Request(self.url + "auth/login")
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
+        op.open(req, timeout=10).read()
+        return op
+
+    def _request(self, path: str, data=None, user: str | None = None, method=None):
+        req = urllib.request.Request(self.url + "api/v2/" + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        return self.opener(user).open(req, timeout=10)
+
+    def api(self, path: str, user: str | None = None) -> dict:
+        with self._request(path, user=user) as r:
+            return json.loads(r.read())
+
+    def rpc(self, path: str, method: str, params: dict, user: str | None = None) -> tuple[int, dict]:
+        """JSON-RPC control call; returns (HTTP status, body)."""
+        body = json.dumps({"id": 1, "jsonrpc": "2.0", "method": method, "params": params}).encode()
+        try:
+            with self._request(path, data=body, user=user, method="POST") as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            text = e.read()
+            try:
+                return e.code, json.loads(text)
+            except ValueError:
+                return e.code, {"error": text.decode(errors="replace")}
+
+    def builds(self, **filters) -> list[dict]:
+        q = "&".join(f"{k}={v}" for k, v in filters.items())
+        return self.api("builds" + (f"?{q}" if q else ""))["builds"]
+
+    def wait_builds_finished(self, count: int, timeout: float = 120) -> list[dict]:
+        def done():
+            b = self.builds()
+            return b if len([x for x in b if x["complete"]]) >= count else None
+
+        try:
+            return wait_for(done, timeout, f"{count} finished builds")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- twistd.log ---\n{self.log_tail()}") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@dataclass
+class Worker:
+    """A real ``buildbot-worker`` process."""
+
+    basedir: Path
+    name: str
+    password: str
+    master_port: int
+
+    def create(self) -> None:
+        self.basedir.parent.mkdir(parents=True, exist_ok=True)
+        run(
+            [
+                str(BIN / "buildbot-worker"),
+                "create-worker",
+                "-q",
+                "--umask=0o022",
+                str(self.basedir),
+                f"127.0.0.1:{self.master_port}",
+                self.name,
+                self.password,
+            ]
+        )
+
+    def start(self) -> None:
+        run([str(BIN / "buildbot-worker"), "start", str(self.basedir)], timeout=60)
+
+    def pid(self) -> int | None:
+        f = self.basedir / "twistd.pid"
+        return int(f.read_text()) if f.exists() else None
+
+    def stop(self) -> None:
+        run([str(BIN / "buildbot-worker"), "stop", str(self.basedir)], check=False, timeout=60)
+
+    def kill(self) -> None:
+        pid = self.pid()
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@dataclass
+class Deployment:
+    """Settings + inventory + secrets + a master and one worker per pool, in a temp dir."""
+
+    root: Path
+    master: Master
+    workers: list[Worker]
+
+    def start(self) -> None:
+        self.master.start()
+        for w in self.workers:
+            w.start()
+
+    def wait_workers(self, timeout: float = 30) -> None:
+        names = {w.name for w in self.workers}
+
+        def connected():
+            ws = self.master.api("workers")["workers"]
+            return all(any(c for c in w["connected_to"]) for w in ws if w["name"] in names)
+
+        wait_for(connected, timeout, "workers to connect")
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.master.stop()
+
+
+def make_deployment(
+    root: Path,
+    repo_url: str,
+    pools: list[dict],
+    extra: dict | None = None,
+    database: str | None = None,
+    extra_secrets: dict[str, str] | None = None,
+) -> Deployment:
+    root.mkdir(parents=True, exist_ok=True)
+    inv_path = write_inventory(root / "inventory.yaml", pools)
+    web, pb, try_port = free_port(), free_port(), free_port()
+    settings = {
+        "title": "qacloud test",
+        "database": database or "sqlite:///state.sqlite",
+        "www": {"port": web},
+        "workers": {"port": pb},
+        "repository": {"url": repo_url, "poll_interval": 1},
+        "inventory": str(inv_path),
+        "secrets_dir": str(root / "secrets"),
+        "users": [
+            {"name": "admin", "password_secret": "user-admin", "roles": ["admins"]},
+            {
+                "name": "alice",
+                "password_secret": "user-alice",
+                "roles": ["developers"],
+                "email": "alice@example.org",
+            },
+        ],
+        "try": {"port": try_port, "users": ["alice", "admin"]},
+        "bvt": {"mode": "demo", "command": ["sh", "./run-tests.sh"], "timeout": 120},
+    }
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(settings.get(key), dict):
+            settings[key] = {**settings[key], **value}
+        else:
+            settings[key] = value
+    settings_path = root / "settings.yaml"
+    settings_path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    inv = load_inventory(inv_path)
+    names = inv.secret_names() | {"user-admin", "user-alice"}
+    secret_values = write_secrets(root / "secrets", names, extra_secrets)
+    master = Master(root / "master", settings_path, web, secret_values)
+    master.create()
+    workers = [
+        Worker(root / "workers" / p.worker, p.worker, secret_values[p.worker_secret], pb) for p in inv.pools
+    ]
+    for w in workers:
+        w.create()
+    return Deployment(root, master, workers)
