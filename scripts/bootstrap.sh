@@ -4,7 +4,7 @@
 # requirements.lock. Idempotent; `make test` and `make demo` call it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VENV:-.venv}
+VENV=$(realpath -m "${VENV:-.venv}")
 PYTHON=${PYTHON:-python3}
 
 mapfile -t wanted < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' deps/apt.txt | awk '{print $1}')
@@ -27,12 +27,14 @@ stamp="$VENV/.qacloud-lock"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
+pipq() {  # pip, minus the noise of index locations that do not exist on this machine
+  "$VENV/bin/pip" -q --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+  return "${PIPESTATUS[0]}"
+}
 if ! cmp -s requirements.lock "$stamp" 2>/dev/null; then
   echo "bootstrap: installing Python packages from requirements.lock"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -c requirements.lock -r requirements.in 2>&1 \
-    | grep -v "is ignored: it is neither a file nor a directory" || true
-  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 \
-    | grep -v "is ignored: it is neither a file nor a directory" || true
-  "$VENV/bin/python" -c 'import buildbot, master.settings' # fail loudly if the install is broken
+  pipq install -c requirements.lock -r requirements.in
+  pipq install -c requirements.lock --no-deps --no-build-isolation -e .
+  (cd / && "$VENV/bin/python" -c 'import buildbot, master.settings')  # fail loudly if broken
   cp requirements.lock "$stamp"
 fi
