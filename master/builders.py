@@ -11,6 +11,7 @@ from buildbot.plugins import steps, util
 
 from master.inventory import Inventory
 from master.settings import Settings
+from steps.marvin import bvt_test_step
 from workers.selection import make_next_worker
 
 GATE_BUILDER = "gate-bvt"
@@ -35,25 +36,17 @@ def checkout_step(settings: Settings) -> steps.Git:
 
 def bvt_factory(settings: Settings, inventory: Inventory) -> util.BuildFactory:
     """checkout, then the BVT pipeline for the configured mode."""
+    from steps.provision import provision_steps, teardown_steps
+
     f = util.BuildFactory()
     f.addStep(checkout_step(settings))
-    if settings.bvt.mode == "demo":
-        f.addStep(
-            steps.ShellCommand(
-                name="bvt",
-                command=list(settings.bvt.command),
-                timeout=settings.bvt.timeout,
-                haltOnFailure=True,
-            )
-        )
-    else:
-        f.addStep(
-            steps.ShellCommand(
-                name="bvt",
-                command=["echo", "CloudStack BVT pipeline not configured"],
-                haltOnFailure=True,
-            )
-        )
+    f.addSteps(provision_steps(settings, inventory))  # empty unless provisioning is active
+    if settings.bvt.mode == "cloudstack":
+        from steps.cloudstack import cloudstack_steps
+
+        f.addSteps(cloudstack_steps(settings, inventory))
+    f.addStep(bvt_test_step(settings))  # steps/marvin.py: RunMarvin, or the demo's tests
+    f.addSteps(teardown_steps(settings, inventory))  # alwaysRun: powers the pool off
     return f
 
 

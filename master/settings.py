@@ -124,6 +124,15 @@ class Provisioning(Located):
     ipmi_concurrency: int = check(_positive, default=16)
     keep_hosts_on_failure: bool = False
     reuse_pool: bool = False  # re-deploy only the management server after a passing run
+    # ProvisionPool/TeardownPool (steps/provision.py), docs/configuration.md
+    enabled: bool | None = None  # None: on when bvt.mode is cloudstack, off in demo mode
+    ipmi_backoff: float = check(_positive, default=0.5)  # seconds before the 2nd try; doubles
+    install_poll_interval: float = check(_positive, default=2.0)  # seconds between install checks
+    cobbler_timeout: int = check(_positive, default=30)  # seconds per Cobbler API call
+
+    def active(self, bvt_mode: str) -> bool:
+        """Whether BVT builds provision (and tear down) their pool."""
+        return self.enabled if self.enabled is not None else bvt_mode == "cloudstack"
 
 
 @dataclass(kw_only=True)
@@ -179,6 +188,17 @@ class Bvt(Located):
     timeout: int = check(_positive, default=6 * 3600)
     systemvm_template: str | None = None  # version, 'latest', or None = from the commit's pom.xml
     template_index_url: str | None = None
+    # RunMarvin (steps/marvin.py), docs/cloudstack.md
+    tests_dir: str = "test/integration/smoke"  # smoke tests, relative to the CloudStack checkout
+    rerun_failed: bool = True  # re-run a failed test file once; a pass then = intermittent
+    file_timeout: int = check(_positive, default=3600)  # seconds without output per test file
+    # CloudStack build, storage and zone (steps/cloudstack.py)
+    maven_profiles: list[str] = field(default_factory=lambda: ["developer", "systemvm"])
+    build_cache: str = "/srv/qacloud/build-cache"  # on the pool's QA VM: one directory per sha
+    package_repo: str = "/srv/qacloud/repo"  # on the QA VM, served to the pool's hosts
+    health_timeout: int = check(_positive, default=1800)  # system VMs Running, template Ready
+    host_password_secret: str = "host-root"  # root password the management server adds hosts with
+    template_base_url: str = "https://download.cloudstack.org/systemvm"
 
 
 @dataclass(kw_only=True)

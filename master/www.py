@@ -12,6 +12,7 @@ from typing import Any
 
 from buildbot.plugins import util
 from buildbot.www.auth import CustomAuth
+from buildbot.www.authz.endpointmatchers import EndpointMatcherBase, Match
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 
@@ -47,6 +48,16 @@ class SecretsUserAuth(CustomAuth):
         raise UnauthorizedLogin()
 
 
+class PoolControlEndpointMatcher(EndpointMatcherBase):
+    """Pausing (quarantining) and unpausing (returning to service) a pool's worker."""
+
+    def match_WorkerEndpoint_pause(self, epobject: Any, epdict: dict, options: dict):
+        return defer.succeed(Match(self.master))
+
+    def match_WorkerEndpoint_unpause(self, epobject: Any, epdict: dict, options: dict):
+        return defer.succeed(Match(self.master))
+
+
 def authz(settings: Settings) -> util.Authz:
     by_role: dict[str, list[str]] = {}
     for u in settings.users:
@@ -68,6 +79,8 @@ def authz(settings: Settings) -> util.Authz:
             matcher(role=QA, defaultDeny=False),
         ]
     rules += [
+        PoolControlEndpointMatcher(role=ADMINS, defaultDeny=False),
+        PoolControlEndpointMatcher(role=QA, defaultDeny=True),
         util.StopBuildEndpointMatcher(role="owner", defaultDeny=False),
         util.RebuildBuildEndpointMatcher(role="owner", defaultDeny=True),
         util.StopBuildEndpointMatcher(role="owner", defaultDeny=True),

@@ -8,6 +8,7 @@ from buildbot.plugins import util
 from master.builders import GATE_BUILDER, PROMOTE_BUILDER, TRY_BUILDER
 from master.inventory import Inventory
 from master.settings import Settings
+from schedulers.trying import try_schedulers
 
 
 def force_schedulers(settings: Settings, inventory: Inventory) -> list:
@@ -36,4 +37,4 @@ def force_schedulers(settings: Settings, inventory: Inventory) -> list:
 
 def schedulers(settings: Settings, inventory: Inventory, builder_configs: list) -> list:
     promote = bb_schedulers.Triggerable(name="promote", builderNames=[PROMOTE_BUILDER])
-    return [*force_schedulers(settings, inventory), promote]
+    return [*force_schedulers(settings, inventory), promote, *try_schedulers(settings, [TRY_BUILDER])]

@@ -38,3 +38,5 @@ if ! cmp -s requirements.lock "$stamp" 2>/dev/null; then
   (cd / && "$VENV/bin/python" -c 'import buildbot, master.settings')  # fail loudly if broken
   cp requirements.lock "$stamp"
 fi
+# The lab's real Cobbler lives in its own venv (var/cobbler-venv, lab/cobbler-requirements.lock).
+"$VENV/bin/python" -m lab.cobbler ensure-venv >/dev/null

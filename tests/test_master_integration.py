@@ -13,8 +13,8 @@ SUITE = {"run-tests.sh": "#!/bin/sh\necho 'ran the suite'\nexit 0\n"}
 
 
 @pytest.fixture
-def postgres(tmp_path):
-    pg = Postgres(tmp_path / "pg")
+def postgres():
+    pg = Postgres()
     url = pg.start()
     yield url
     pg.stop()
@@ -40,7 +40,6 @@ def _force_and_read_back(tmp_path, database=None):
         assert status == 200, body
         (build,) = m.wait_builds_finished(1)
         assert build["results"] == 0, build
-        assert build["properties"] == {} or True
         steps = m.api(f"builds/{build['buildid']}/steps")["steps"]
         assert [s["name"] for s in steps][-2:] == ["checkout", "bvt"]
         log = m.api(f"builds/{build['buildid']}/steps/bvt/logs/stdio/contents")["logchunks"][0]["content"]

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -120,10 +121,14 @@ class GitProject:
 
 @dataclass
 class Postgres:
-    """A private PostgreSQL cluster (Debian's binaries) on 127.0.0.1 and a free port."""
+    """A private PostgreSQL cluster (Debian's binaries) on 127.0.0.1 and a free port.
 
-    root: Path
+    Its data directory lives in its own temp dir (pytest's are root-only, and the server
+    runs as the ``postgres`` user); ``stop()`` removes it.
+    """
+
     port: int = field(default_factory=free_port)
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="qacloud-pg-")))
 
     @staticmethod
     def bindir() -> Path:
@@ -137,39 +142,22 @@ class Postgres:
 
     def start(self) -> str:
         data = self.root / "pgdata"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres")
         b = self.bindir()
-        run(self._as_postgres(str(b / "initdb"), "-q", "-A", "trust", "-U", "postgres", "-D", str(data)))
-        run(
-            self._as_postgres(
-                str(b / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(self.root / "pg.log"),
-                "-w",
-                "-o",
-                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1",
-                "start",
-            ),
-            timeout=60,
-        )
-        run(
-            self._as_postgres(
-                str(b / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "qacloud"
-            )
-        )
+        run(self._as_postgres(str(b / "initdb"), "-A", "trust", "-U", "postgres", "-D", str(data)))
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        run(self._as_postgres(str(b / "pg_ctl"), "-D", str(data), "-l", str(self.root / "pg.log"), "-w",
+                              "-o", opts, "start"), timeout=60)
+        run(self._as_postgres(str(b / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                              "qacloud"))
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/qacloud"
 
     def stop(self) -> None:
-        run(
-            self._as_postgres(
-                str(self.bindir() / "pg_ctl"), "-D", str(self.root / "pgdata"), "-m", "fast", "-w", "stop"
-            ),
-            check=False,
-        )
+        run(self._as_postgres(str(self.bindir() / "pg_ctl"), "-D", str(self.root / "pgdata"), "-m", "fast",
+                              "-w", "stop"), check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def write_inventory(path: Path, pools: list[dict]) -> Path:

@@ -1,0 +1,412 @@
+"""The simulator: git, k pools and BVT outcomes on a virtual clock, driving one gate policy.
+
+What it plays:
+
+* **git**: staging holds the trace commits in arrival order (a commit's sha is its trace id);
+  master is an index into staging. A run of commit ``c`` tests the tree at ``c`` (every
+  staging commit up to it). When a commit is blamed (or the policy emits ``Revert``), the
+  developers' answer is modelled as a revert commit ``revert-<id>@<parent>`` pushed to the staging tip
+  after ``fix_delay``: content from the revert on no longer contains that culprit.
+* **BVT runs**: a run fails when its content holds a culprit not yet fixed (a test filter
+  does not change that), else it flakes with probability f; it ends inconclusive with
+  probability ``infra_rate``. Duration and draws come from :mod:`.crn` with the key
+  (seed, exact content = sha, attempt#), so all policies see the same luck.
+* **checks**: every ``Promote`` is legal only to a commit whose exact content passed a
+  finished run; violations are counted (and executed, so breakage shows too).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench.gate_sim import crn
+from bench.gate_sim.trace import HOUR, Commit
+from schedulers.events import (
+    Alert,
+    Blame,
+    CancelRun,
+    PoolAvailable,
+    Promote,
+    Promoted,
+    RecordFlake,
+    Revert,
+    RunFinished,
+    StagingUpdated,
+    StartRun,
+)
+
+SUITE = tuple(f"test_{n:02d}" for n in range(40))  # BVT test names for failing-test reports
+BASE = "base"  # the master commit every trace starts from
+REVERT_PREFIX = "revert-"
+
+
+def revert_sha(culprit: str, parent: str) -> str:
+    """The revert of ``culprit`` pushed on top of ``parent`` (unique per content, as in git)."""
+    return f"{REVERT_PREFIX}{culprit}@{parent}"
+
+
+def reverted_by(sha: str) -> str | None:
+    """The commit a revert sha undoes, or None for other commits."""
+    return sha[len(REVERT_PREFIX) :].split("@", 1)[0] if sha.startswith(REVERT_PREFIX) else None
+
+
+class SimError(RuntimeError):
+    """The policy broke the driver protocol (e.g. started a run on a busy pool)."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The world a policy is simulated in (times in hours)."""
+
+    pools: int = 3
+    bvt_hours: tuple[float, float] = (1.0, 3.0)
+    flake_rate: float = 0.02
+    infra_rate: float = 0.0
+    fix_delay_hours: float = 0.0
+    horizon_hours: float = 24 * 60  # simulate at most this long after the last arrival
+
+    @property
+    def mean_bvt_hours(self) -> float:
+        return sum(self.bvt_hours) / 2
+
+    @property
+    def pool_names(self) -> list[str]:
+        return [f"pool{i + 1}" for i in range(self.pools)]
+
+
+@dataclass
+class Run:
+    run_id: str
+    commit: str
+    pool: str
+    kind: str
+    start: float
+    end: float
+    outcome: str
+    failed_tests: tuple[str, ...]
+    culprits: tuple[str, ...]
+    cancelled_at: float | None = None
+
+
+@dataclass
+class SimResult:
+    """Raw outcome of one simulation (one policy, one seed); times in hours."""
+
+    policy: str
+    seed: int
+    n_commits: int
+    n_culprits: int
+    promoted: int = 0
+    runs: int = 0
+    cancelled_runs: int = 0
+    pool_hours: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    latency_by_arrival: list[tuple[float, float]] = field(default_factory=list)
+    unpromoted: int = 0
+    ttc: list[float] = field(default_factory=list)
+    ttc_batch: list[int] = field(default_factory=list)
+    culprits_blamed: int = 0
+    culprits_missed: int = 0
+    false_rejections: int = 0
+    innocent: int = 0
+    illegal_promotions: int = 0
+    master_breakage: int = 0
+    flakes_recorded: int = 0
+    alerts: int = 0
+    end_time: float = 0.0
+    error: str | None = None
+    wall_seconds: float = 0.0
+    violations: list[str] = field(default_factory=list)
+
+
+class Simulator:
+    """Drive ``policy`` (anything with ``handle(event) -> list[Action]``) over ``trace``."""
+
+    def __init__(self, trace: list[Commit], scenario: Scenario, policy, seed: int, name: str = "policy"):
+        self.trace = trace
+        self.sc = scenario
+        self.policy = policy
+        self.seed = seed
+        self.name = name
+        self.flake_rate = 0.0 if getattr(policy, "flake_free", False) else scenario.flake_rate
+        self.staging: list[str] = []
+        self.index: dict[str, int] = {BASE: -1}
+        self.arrival: dict[str, float] = {}
+        self.authors: dict[str, str] = {}
+        self.trace_by_id = {c.id: c for c in trace}
+        self.culprit_idx: dict[str, int] = {}
+        self.fixed_at: dict[str, int] = {}
+        self.master = -1
+        self.promoted_at: dict[str, float] = {}
+        self.runs: dict[str, Run] = {}
+        self.pools: dict[str, str | None] = dict.fromkeys(scenario.pool_names)
+        self.attempts: dict[str, int] = {}
+        self.passed: set[str] = set()
+        self.blamed: dict[str, float] = {}
+        self.reverted: set[str] = set()
+        self.first_fail: dict[str, tuple[float, int]] = {}
+        self.now = 0.0
+        self._heap: list = []
+        self._seq = itertools.count()
+        self.res = SimResult(name, seed, len(trace), sum(c.is_culprit for c in trace))
+
+    # ------------------------------------------------------------------ git
+    def _candidates(self) -> tuple[str, ...]:
+        return tuple(self.staging[self.master + 1 :])
+
+    def _master_sha(self) -> str:
+        return self.staging[self.master] if self.master >= 0 else BASE
+
+    def _push(self, sha: str, author: str) -> None:
+        self.index[sha] = len(self.staging)
+        self.staging.append(sha)
+        self.arrival[sha] = self.now
+        self.authors[sha] = author
+
+    def _staging_event(self) -> StagingUpdated:
+        cands = self._candidates()
+        return StagingUpdated(
+            master=self._master_sha(),
+            commits=cands,
+            authors={c: self.authors[c] for c in cands},
+            now=self.now,
+        )
+
+    def _culprits_in(self, sha: str) -> tuple[str, ...]:
+        """Culprits in the tree at ``sha`` that no commit up to it fixes."""
+        i = self.index[sha]
+        return tuple(
+            c for c, ci in self.culprit_idx.items() if ci <= i and self.fixed_at.get(c, math.inf) > i
+        )
+
+    # ------------------------------------------------------------------ clock
+    def _at(self, t: float, kind: str, payload) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), kind, payload))
+
+    def run(self) -> SimResult:
+        """Simulate to the end (or the horizon) and return the raw result."""
+        t0 = time.perf_counter()
+        try:
+            for c in self.trace:
+                self._at(c.arrival_ts / HOUR, "arrive", c)
+            for pool in self.pools:
+                self._feed(PoolAvailable(pool, now=0.0))
+            horizon = (self.trace[-1].arrival_ts / HOUR) + self.sc.horizon_hours
+            while self._heap:
+                t, _, kind, payload = heapq.heappop(self._heap)
+                if t > horizon:
+                    self.res.violations.append(f"stopped at the horizon ({self.sc.horizon_hours:.0f} h)")
+                    break
+                self.now = t
+                if kind == "arrive":
+                    self._arrive(payload)
+                elif kind == "revert":
+                    for ev in self._revert(payload):
+                        self._feed(ev)
+                elif kind == "end":
+                    self._end(payload)
+        except Exception as e:  # a crashing policy is a result, not a crash of the benchmark
+            self.res.error = f"{type(e).__name__} at t={self.now:.2f} h: {e}"
+        self._finish()
+        self.res.wall_seconds = time.perf_counter() - t0
+        return self.res
+
+    # ------------------------------------------------------------------ events
+    def _arrive(self, c: Commit) -> None:
+        self._push(c.id, f"dev{int(crn.uniform(0, 'author', c.id) * 7)}@example.org")
+        if c.is_culprit:
+            self.culprit_idx[c.id] = self.index[c.id]
+        if c.fixes and c.fixes in self.trace_by_id:
+            self.fixed_at.setdefault(c.fixes, self.index[c.id])
+        self._feed(self._staging_event())
+
+    def _revert(self, culprit: str) -> list:
+        sha = revert_sha(culprit, self.staging[-1])  # like git: a new sha per parent
+        if sha in self.index:
+            return []
+        self._push(sha, "qacloud-gate")
+        self.fixed_at.setdefault(culprit, self.index[sha])
+        return [self._staging_event()]
+
+    def _end(self, run_id: str) -> None:
+        run = self.runs[run_id]
+        if run.cancelled_at is not None:
+            return
+        self.pools[run.pool] = None
+        self.res.pool_hours += run.end - run.start
+        if run.outcome == "pass":
+            self.passed.add(run.commit)
+        elif run.outcome == "fail":
+            n = len(self._candidates())
+            for c in run.culprits:
+                self.first_fail.setdefault(c, (self.now, n))
+        self._feed(
+            RunFinished(
+                run_id,
+                run.outcome,  # type: ignore[arg-type]
+                run.failed_tests,
+                reason=f"BMC of {run.pool}-kvm1 did not answer" if run.outcome == "inconclusive" else "",
+                now=self.now,
+            )
+        )
+
+    def _feed(self, event) -> None:
+        queue = [event]
+        while queue:
+            ev = queue.pop(0)
+            for action in self.policy.handle(ev) or []:
+                queue.extend(self._apply(action))
+
+    # ------------------------------------------------------------------ actions
+    def _apply(self, a) -> list:
+        if isinstance(a, StartRun):
+            return self._start(a)
+        if isinstance(a, CancelRun):
+            run = self.runs.get(a.run_id)
+            if run is None:
+                raise SimError(f"CancelRun of unknown run {a.run_id!r}")
+            if run.cancelled_at is None and run.end > self.now:
+                run.cancelled_at = self.now
+                self.pools[run.pool] = None
+                self.res.cancelled_runs += 1
+                self.res.pool_hours += self.now - run.start
+            return []
+        if isinstance(a, Promote):
+            return self._promote(a.commit)
+        if isinstance(a, Blame):
+            return self._blame(a.commit)
+        if isinstance(a, Revert):
+            return self._schedule_revert(a.commit, 0.0)
+        if isinstance(a, RecordFlake):
+            self.res.flakes_recorded += 1
+            return []
+        if isinstance(a, Alert):
+            self.res.alerts += 1
+            return []
+        raise SimError(f"unknown action {a!r}")
+
+    def _start(self, a: StartRun) -> list:
+        if a.pool not in self.pools:
+            raise SimError(f"StartRun {a.run_id} on unknown pool {a.pool!r}")
+        if self.pools[a.pool] is not None:
+            raise SimError(f"StartRun {a.run_id} on pool {a.pool} busy with run {self.pools[a.pool]}")
+        if a.commit not in self.index or a.commit == BASE:
+            raise SimError(f"StartRun {a.run_id} of unknown commit {a.commit!r}")
+        if a.run_id in self.runs:
+            raise SimError(f"StartRun reuses run id {a.run_id!r}")
+        attempt = self.attempts.get(a.commit, 0)
+        self.attempts[a.commit] = attempt + 1
+        lo, hi = self.sc.bvt_hours
+        duration = lo + (hi - lo) * crn.uniform(self.seed, "duration", a.commit, attempt)
+        culprits = self._culprits_in(a.commit)
+        failed: tuple[str, ...] = ()
+        if crn.uniform(self.seed, "infra", a.commit, attempt) < self.sc.infra_rate:
+            outcome = "inconclusive"
+        elif culprits:
+            outcome = "fail"
+            failed = tuple(sorted({SUITE[int(crn.uniform(0, "test", c) * len(SUITE))] for c in culprits}))
+            if a.tests and set(failed) & set(a.tests):  # a filtered run reports only its tests
+                failed = tuple(t for t in failed if t in a.tests)
+        elif crn.uniform(self.seed, "flake", a.commit, attempt) < self.flake_rate:
+            outcome = "fail"
+            failed = (SUITE[int(crn.uniform(self.seed, "flaky-test", a.commit, attempt) * len(SUITE))],)
+        else:
+            outcome = "pass"
+        run = Run(
+            a.run_id, a.commit, a.pool, a.kind, self.now, self.now + duration, outcome, failed, culprits
+        )
+        self.runs[a.run_id] = run
+        self.pools[a.pool] = a.run_id
+        self.res.runs += 1
+        self._at(run.end, "end", a.run_id)
+        return []
+
+    def _promote(self, sha: str) -> list:
+        i = self.index.get(sha)
+        if i is None or sha == BASE:
+            raise SimError(f"Promote of unknown commit {sha!r}")
+        if i < self.master:
+            return [Promoted(sha, ok=False, reason="rejected: not a fast-forward of master", now=self.now)]
+        if sha not in self.passed:
+            self.res.illegal_promotions += 1
+            self.res.violations.append(f"t={self.now:.2f} h: promoted {sha} without a finished passing run")
+        if self._culprits_in(sha):
+            self.res.master_breakage += 1
+            self.res.violations.append(
+                f"t={self.now:.2f} h: master broken by {sha} ({self._culprits_in(sha)})"
+            )
+        for c in self.staging[self.master + 1 : i + 1]:
+            self.promoted_at[c] = self.now
+        self.master = i
+        return [Promoted(sha, ok=True, now=self.now), self._staging_event()]
+
+    def _blame(self, sha: str) -> list:
+        if sha not in self.index or sha == BASE:
+            raise SimError(f"Blame of unknown commit {sha!r}")
+        if sha in self.blamed:
+            return []
+        self.blamed[sha] = self.now
+        if sha.startswith(REVERT_PREFIX):
+            self.res.violations.append(f"t={self.now:.2f} h: blamed the gate's own revert {sha}")
+            return []
+        return self._schedule_revert(sha, self.sc.fix_delay_hours)
+
+    def _schedule_revert(self, sha: str, delay: float) -> list:
+        if sha in self.reverted or sha.startswith(REVERT_PREFIX) or self.index.get(sha, -1) <= self.master:
+            return []
+        self.reverted.add(sha)
+        if delay <= 0:
+            return self._revert(sha)
+        self._at(self.now + delay, "revert", sha)
+        return []
+
+    # ------------------------------------------------------------------ metrics
+    def _finish(self) -> None:
+        r = self.res
+        r.end_time = self.now
+        end = self.now
+        for c in self.trace:
+            arrival = c.arrival_ts / HOUR
+            if c.is_culprit:
+                if c.id in self.blamed:
+                    r.culprits_blamed += 1
+                    if c.id in self.first_fail:
+                        t, n = self.first_fail[c.id]
+                        r.ttc.append(max(0.0, self.blamed[c.id] - t))
+                        r.ttc_batch.append(n)
+                elif c.id not in self.fixed_at:
+                    r.culprits_missed += 1
+                continue
+            r.innocent += 1
+            if c.id in self.blamed:
+                r.false_rejections += 1
+            elif c.id in self.promoted_at:
+                r.promoted += 1
+                lat = self.promoted_at[c.id] - arrival
+                r.latencies.append(lat)
+                r.latency_by_arrival.append((arrival, lat))
+            else:
+                r.unpromoted += 1
+                r.latency_by_arrival.append((arrival, max(0.0, end - arrival)))
+
+
+def simulate(
+    trace: list[Commit],
+    scenario: Scenario,
+    make_policy: Callable[[Scenario, list[Commit]], object],
+    seed: int,
+    name: str,
+) -> SimResult:
+    """One simulation of the policy built by ``make_policy(scenario, trace)``."""
+    try:
+        policy = make_policy(scenario, trace)
+    except Exception as e:
+        res = SimResult(name, seed, len(trace), sum(c.is_culprit for c in trace))
+        res.error = f"could not build policy {name!r}: {type(e).__name__}: {e}"
+        return res
+    return Simulator(trace, scenario, policy, seed, name).run()

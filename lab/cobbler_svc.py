@@ -1,0 +1,84 @@
+"""Serve Cobbler's ``/cblr/svc/*`` WSGI app and the ``/cobbler_api`` proxy with stdlib wsgiref.
+
+Stand-in for the Apache + mod_wsgi front end of a Cobbler server (lab use only). It runs with
+*Cobbler's* venv Python inside cobblerd's private mount namespace (it reads
+``/etc/cobbler/settings.yaml``), binds 127.0.0.1 and imports nothing from qacloud.
+
+Usage: ``python cobbler_svc.py PORT``. ``POST /cobbler_api`` is forwarded to cobblerd's XML-RPC
+port, as Apache's ``ProxyPass /cobbler_api`` does; everything else goes to the wheel's
+``var/www/cobbler/svc/services.py`` (``nopxe``, ``autoinstall``, ``list``, ``ipxe``, ``trig``...).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import sysconfig
+import urllib.error
+import urllib.request
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import yaml
+
+
+def _load_services():
+    path = os.path.join(sysconfig.get_paths()["purelib"], "var/www/cobbler/svc/services.py")
+    spec = importlib.util.spec_from_file_location("cobbler_svc_wsgi", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _xmlrpc_url() -> str:
+    with open("/etc/cobbler/settings.yaml") as fh:
+        port = yaml.safe_load(fh).get("xmlrpc_port", 25151)
+    return f"http://127.0.0.1:{port}/"
+
+
+def make_app():
+    services = _load_services()
+    xmlrpc = _xmlrpc_url()
+
+    def proxy(environ, start_response):
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        req = urllib.request.Request(xmlrpc, data=body, headers={"Content-Type": "text/xml"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                data, status = r.read(), "200 OK"
+        except urllib.error.HTTPError as e:
+            data, status = e.read(), f"{e.code} {e.reason}"
+        except OSError as e:
+            data, status = f"cobblerd at {xmlrpc} is not answering: {e}".encode(), "502 Bad Gateway"
+        start_response(status, [("Content-Type", "text/xml"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO", "").startswith("/cobbler_api"):
+            return proxy(environ, start_response)
+        # mod_wsgi provides REQUEST_URI; wsgiref does not.
+        environ.setdefault("REQUEST_URI", environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
+        return services.application(environ, start_response)
+
+    return app
+
+
+class _Threaded(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Handler(WSGIRequestHandler):
+    def log_message(self, format, *args):
+        sys.stderr.write("svc %s\n" % (format % args))
+
+
+def main() -> None:
+    port = int(sys.argv[1])
+    httpd = make_server("127.0.0.1", port, make_app(), server_class=_Threaded, handler_class=_Handler)
+    print(f"serving /cblr/svc and /cobbler_api on http://127.0.0.1:{port}/", flush=True)
+    httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,733 @@
+"""The gate's decisions: a pure state machine, events in, actions out (no Twisted, git or I/O).
+
+Model. Candidates c_0..c_{n-1} are the first-parent commits of staging after master. A run
+tests the tree at one candidate; a pass at c_i justifies promoting c_0..c_i. From the results
+known per commit the policy derives, on every event:
+
+* ``good``: the highest candidate with a passing run (-1 = master, assumed green);
+* ``bad``: the lowest candidate above ``good`` with a failing run (None: no known failure).
+
+Then it plans: promote ``good``; with no failure, test the tip and let idle pools pre-test
+prefix points (speculation); with a failure, split (good, bad) into k+1 parts with the k free
+pools ((k+1)-ary prefix search, never re-testing a known result nor the known-failing top);
+when bad = good + 1 the suspect must fail ``confirmations`` more times (its parent, ``good``,
+passed) before it is blamed; a pass of the suspect makes its failure a recorded flake.
+Inconclusive runs are never evidence: they are retried on another pool, bounded.
+
+After a blame the culprit and every commit above it are *blocked* (their trees contain the
+culprit); the policy tests only new tips (a fix or a revert on top) and promotes one that
+passes. Everything is O(candidates) per event at worst; usually O(results + runs).
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from schedulers.events import (
+    Action,
+    Alert,
+    Blame,
+    CancelRun,
+    Event,
+    PoolAvailable,
+    PoolUnavailable,
+    Promote,
+    Promoted,
+    RecordFlake,
+    Revert,
+    RunFinished,
+    StagingUpdated,
+    StartRun,
+)
+
+STATE_VERSION = 1
+HISTORY = 200  # bounded lists in the state (alerts, flakes, promotions, culprits)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Knobs of the policy; the scheduler builds it from ``Settings.gate``."""
+
+    confirmations: int = 1  # extra failing runs of the suspect before blaming it
+    max_inconclusive_retries: int = 2  # per commit, then Alert and leave it until things change
+    bisect_failed_tests_only: bool = True  # bisect/confirm with only the failing tests
+    speculate: bool = True  # idle pools pre-test prefix points while the tip is under test
+    culprit_action: str = "hold"  # "hold" or "revert"
+    cancel_useless_runs: bool = True  # cancel runs whose result can no longer change a decision
+
+    def __post_init__(self) -> None:
+        if self.culprit_action not in ("hold", "revert"):
+            raise ValueError(f"culprit_action must be 'hold' or 'revert', got {self.culprit_action!r}")
+        if self.confirmations < 0 or self.max_inconclusive_retries < 0:
+            raise ValueError("confirmations and max_inconclusive_retries must not be negative")
+
+
+def _empty_state() -> dict[str, Any]:
+    return {
+        "version": STATE_VERSION,
+        "master": None,
+        "staging": None,
+        "candidates": [],
+        "authors": {},
+        "results": {},  # sha -> [{run_id, outcome, failed_tests, kind, tests, flake}]
+        "runs": {},  # run_id -> {commit, pool, kind, tests}
+        "pools": {},  # name -> {state, run_id, reason}
+        "next_run": 1,
+        "promoting": None,
+        "master_tests": None,  # tests master was shown to pass (None: all, or assumed green)
+        "halted": False,
+        "blocked_from": None,  # the first blamed culprit still in staging
+        "blocked_to": None,  # the highest commit known to contain it
+        "blocked_tests": [],  # tests the blamed culprits of the block break
+        "retries": [],  # [{commit, tests, avoid}]
+        "inconclusive": {},  # sha -> count
+        "stalled": [],  # shas whose retries are exhausted
+        "culprits": [],
+        "flakes": [],
+        "promotions": [],
+        "alerts": [],
+        "stats": {"runs": 0, "flakes": 0},
+    }
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class GatePolicy:
+    """The gate's state machine. ``handle(event)`` returns the actions the driver must perform."""
+
+    def __init__(self, config: PolicyConfig, state: dict | None = None) -> None:
+        self.config = config
+        s = copy.deepcopy(state) if state else _empty_state()
+        if s.get("version") != STATE_VERSION:
+            raise ValueError(f"gate state version {s.get('version')!r} is not {STATE_VERSION}")
+        self._s = s
+        self._index = {c: i for i, c in enumerate(s["candidates"])}
+
+    # ------------------------------------------------------------------ public API
+
+    def handle(self, event: Event) -> list[Action]:
+        """Apply one event; return the actions to perform, in order."""
+        out: list[Action] = []
+        if isinstance(event, StagingUpdated):
+            self._on_staging(event, out)
+        elif isinstance(event, RunFinished):
+            self._on_run_finished(event, out)
+        elif isinstance(event, PoolAvailable):
+            self._on_pool_available(event)
+        elif isinstance(event, PoolUnavailable):
+            p = self._s["pools"].setdefault(event.pool, {"state": "idle", "run_id": None, "reason": ""})
+            p["state"], p["reason"] = "unavailable", event.reason
+        elif isinstance(event, Promoted):
+            self._on_promoted(event, out)
+        else:
+            raise TypeError(f"unknown gate event {event!r}")
+        self._plan(out)
+        return out
+
+    def to_state(self) -> dict:
+        """A JSON-serialisable snapshot; ``GatePolicy(config, state)`` resumes from it exactly."""
+        return copy.deepcopy(self._s)
+
+    def observed_flake_rate(self) -> float | None:
+        """Flakes per conclusive run seen so far (None before any run)."""
+        st = self._s["stats"]
+        return st["flakes"] / st["runs"] if st["runs"] else None
+
+    @property
+    def master(self) -> str | None:
+        return self._s["master"]
+
+    @property
+    def candidates(self) -> list[str]:
+        return list(self._s["candidates"])
+
+    def in_flight(self) -> dict[str, dict]:
+        """run_id -> {commit, pool, kind, tests} of the runs started and not finished."""
+        return copy.deepcopy(self._s["runs"])
+
+    def view(self) -> dict:
+        """The dashboard's view (schema at the bottom of schedulers/events.py)."""
+        s = self._s
+        good = self._good()
+        bad = self._bad(good)
+        blocked = self._blocked_index(good)
+        promoting = self._index.get(s["promoting"], -1) if s["promoting"] else -1
+        culprit_set = {c["commit"] for c in s["culprits"]}
+        testing = {r["commit"] for r in s["runs"].values()}
+        cands = []
+        for i, c in enumerate(s["candidates"]):
+            st = self._status(c)
+            if i <= promoting:
+                status = "promoted"
+            elif c in culprit_set:
+                status = "culprit"
+            elif blocked is not None and good < i <= blocked:
+                status = "blocked"
+            elif st == "P":
+                status = "passed"
+            elif st == "F":
+                status = "failed"
+            elif c in testing:
+                status = "testing"
+            else:
+                status = "untested"
+            cands.append({"commit": c, "author": s["authors"].get(c, ""), "status": status})
+        cand = s["candidates"]
+        interval = None
+        if bad is not None and blocked is None:
+            interval = {"good": cand[good] if good >= 0 else s["master"], "bad": cand[bad]}
+        pools = {}
+        for name, p in sorted(s["pools"].items()):
+            run = s["runs"].get(p["run_id"]) if p["run_id"] else None
+            pools[name] = {
+                "state": p["state"],
+                "run_id": p["run_id"],
+                "commit": run["commit"] if run else None,
+                "reason": p["reason"],
+            }
+        return {
+            "master": s["master"],
+            "staging": s["staging"] or s["master"],
+            "candidates": cands,
+            "interval": interval,
+            "runs": [
+                {
+                    "run_id": rid,
+                    "commit": r["commit"],
+                    "pool": r["pool"],
+                    "kind": r["kind"],
+                    "tests": r["tests"],
+                }
+                for rid, r in s["runs"].items()
+            ],
+            "results": {
+                sha: [{k: r[k] for k in ("run_id", "outcome", "failed_tests", "kind")} for r in rs]
+                for sha, rs in s["results"].items()
+            },
+            "culprits": copy.deepcopy(s["culprits"]),
+            "flakes": copy.deepcopy(s["flakes"]),
+            "pools": pools,
+            "promotions": copy.deepcopy(s["promotions"]),
+            "alerts": copy.deepcopy(s["alerts"]),
+        }
+
+    # ------------------------------------------------------------------ derived facts
+
+    def _status(self, sha: str) -> str:
+        """U: no result; F: a failure not shown to be a flake; P: passed."""
+        rs = self._s["results"].get(sha)
+        if not rs:
+            return "U"
+        if any(r["outcome"] == "fail" and not r["flake"] for r in rs):
+            return "F"
+        return "P"
+
+    def _good(self) -> int:
+        """Highest promotable pass: a filtered pass inside a block does not count (the
+        filter only covered the tests being hunted, the block's culprit breaks others)."""
+        s = self._s
+        lo = self._index.get(s["blocked_from"], -1) if s["blocked_from"] else -1
+        hi = self._index.get(s["blocked_to"], -1) if s["blocked_to"] else -1
+        best = -1
+        for sha, rs in s["results"].items():
+            i = self._index.get(sha)
+            if i is None or i <= best:
+                continue
+            in_block = lo >= 0 and lo <= i <= hi
+            if any(r["outcome"] == "pass" and (r["tests"] is None or not in_block) for r in rs):
+                best = i
+        return best
+
+    @staticmethod
+    def _evidence(rs: list[dict], tests: set[str]) -> str | None:
+        """What the results at one commit say about ``tests``: "pass", "fail" or None."""
+        verdict = None
+        for r in rs:
+            covers = r["tests"] is None or tests <= set(r["tests"])
+            failed = set(r["failed_tests"])
+            if r["outcome"] == "pass" and covers:
+                return "pass"
+            if r["outcome"] == "fail" and failed:
+                if failed & tests:
+                    verdict = "fail"
+                elif covers:
+                    return "pass"
+        return verdict
+
+    def _bad(self, good: int) -> int | None:
+        best = None
+        for sha in self._s["results"]:
+            i = self._index.get(sha)
+            if i is not None and i > good and (best is None or i < best) and self._status(sha) == "F":
+                best = i
+        return best
+
+    def _blocked_index(self, good: int) -> int | None:
+        b = self._s["blocked_to"]
+        i = self._index.get(b) if b else None
+        return i if i is not None and i > good else None
+
+    def _failed_tests(self, sha: str) -> tuple[str, ...] | None:
+        """The tests to restrict runs of the interval below ``sha`` to (None: whole suite)."""
+        if not self.config.bisect_failed_tests_only:
+            return None
+        names: set[str] = set()
+        for r in self._s["results"].get(sha, []):
+            if r["outcome"] == "fail":
+                if not r["failed_tests"]:
+                    return None  # unknown failing tests: bisect on the whole suite
+                names.update(r["failed_tests"])
+        return tuple(sorted(names)) or None
+
+    def _alert(self, out: list[Action], kind: str, message: str) -> None:
+        a = Alert(kind, message)
+        out.append(a)
+        self._push(self._s["alerts"], {"kind": kind, "message": message})
+
+    @staticmethod
+    def _push(lst: list, item: dict) -> None:
+        lst.append(item)
+        del lst[:-HISTORY]
+
+    # ------------------------------------------------------------------ events
+
+    def _on_pool_available(self, ev: PoolAvailable) -> None:
+        p = self._s["pools"].setdefault(ev.pool, {"state": "idle", "run_id": None, "reason": ""})
+        was_unavailable = p["state"] == "unavailable"
+        if p["run_id"] is None:
+            p["state"] = "idle"
+        elif was_unavailable:
+            p["state"] = "busy"
+        p["reason"] = ""
+        if was_unavailable:
+            self._s["stalled"] = []  # a pool came back: give stalled commits another chance
+            self._s["inconclusive"] = {}
+
+    def _on_staging(self, ev: StagingUpdated, out: list[Action]) -> None:
+        s = self._s
+        old = s["candidates"]
+        new = list(ev.commits)
+        if s["master"] is not None and ev.master != s["master"]:
+            i = self._index.get(ev.master)
+            ours = s["promoting"] is not None and ev.master == s["promoting"]
+            if not ours and (i is None or self._status(ev.master) != "P"):
+                self._alert(
+                    out,
+                    "master-moved",
+                    f"master moved outside the gate to {ev.master[:12]} (expected {s['master'][:12]});"
+                    " re-planning from the new master",
+                )
+            s["master_tests"] = self._tests_passed(ev.master) if i is not None else None
+            if i is not None:
+                old = old[i + 1 :]
+        if s["promoting"] is not None and (ev.master == s["promoting"] or s["promoting"] not in new):
+            if ev.master == s["promoting"]:
+                self._push(s["promotions"], {"commit": ev.master, "ok": True, "reason": ""})
+            s["promoting"] = None
+        new_set = set(new)
+        dropped = [c for c in old if c not in new_set]
+        moved_away = s["master"] is not None and ev.master != s["master"] and ev.master not in self._index
+        if dropped and not moved_away:  # (commits may now be in the moved master)
+            self._alert(
+                out,
+                "staging-rewritten",
+                f"staging was force-pushed: {len(dropped)} commit(s) no longer on staging"
+                f" (first {dropped[0][:12]}); they are dropped from the gate",
+            )
+        s["master"], s["staging"] = ev.master, (new[-1] if new else ev.master)
+        s["candidates"] = new
+        self._index = {c: i for i, c in enumerate(new)}
+        s["authors"] = {c: ev.authors.get(c, s["authors"].get(c, "")) for c in new}
+        s["results"] = {c: rs for c, rs in s["results"].items() if c in self._index}
+        s["inconclusive"] = {c: n for c, n in s["inconclusive"].items() if c in self._index}
+        s["retries"] = [r for r in s["retries"] if r["commit"] in self._index]
+        if s["blocked_to"] not in self._index:
+            s["blocked_to"] = None
+        if new and (not old or new[-1] != old[-1]):
+            s["stalled"] = []  # a new tip: try again
+        else:
+            s["stalled"] = [c for c in s["stalled"] if c in self._index]
+        s["halted"] = False  # re-planned from the master we now see
+        for rid, r in list(s["runs"].items()):
+            if r["commit"] not in self._index:
+                self._cancel(rid, "commit no longer a candidate", out)
+
+    def _on_promoted(self, ev: Promoted, out: list[Action]) -> None:
+        s = self._s
+        if s["promoting"] == ev.commit:
+            s["promoting"] = None
+        self._push(s["promotions"], {"commit": ev.commit, "ok": ev.ok, "reason": ev.reason})
+        if not ev.ok:
+            s["halted"] = True
+            self._alert(
+                out,
+                "promotion-rejected",
+                f"promotion of {ev.commit[:12]} to master failed: {ev.reason or 'rejected'};"
+                " promotion stopped until the gate sees master again",
+            )
+            return
+        i = self._index.get(ev.commit)
+        s["master"] = ev.commit
+        if i is not None:
+            s["master_tests"] = self._tests_passed(ev.commit)
+            cut = s["candidates"][: i + 1]
+            s["candidates"] = s["candidates"][i + 1 :]
+            self._index = {c: j for j, c in enumerate(s["candidates"])}
+            for c in cut:
+                s["results"].pop(c, None)
+                s["authors"].pop(c, None)
+                s["inconclusive"].pop(c, None)
+            s["retries"] = [r for r in s["retries"] if r["commit"] in self._index]
+            s["stalled"] = [c for c in s["stalled"] if c in self._index]
+            if s["blocked_to"] not in self._index:
+                s["blocked_to"] = None
+            for rid, r in list(s["runs"].items()):
+                if r["commit"] not in self._index and self.config.cancel_useless_runs:
+                    self._cancel(rid, "commit already promoted", out)
+
+    def _on_run_finished(self, ev: RunFinished, out: list[Action]) -> None:
+        s = self._s
+        run = s["runs"].pop(ev.run_id, None)
+        if run is None:
+            return  # cancelled or unknown: never evidence
+        pool = s["pools"].get(run["pool"])
+        if pool is not None and pool["run_id"] == ev.run_id:
+            pool["run_id"] = None
+            if pool["state"] == "busy":
+                pool["state"] = "idle"
+        sha = run["commit"]
+        if sha not in self._index:
+            return
+        if ev.outcome == "inconclusive":
+            n = s["inconclusive"].get(sha, 0) + 1
+            s["inconclusive"][sha] = n
+            if n > self.config.max_inconclusive_retries:
+                self._alert(
+                    out,
+                    "retries-exhausted",
+                    f"{n} inconclusive runs of {sha[:12]} (last on pool {run['pool']}: "
+                    f"{ev.reason or 'infrastructure failure'}); not retrying until a pool returns"
+                    " or staging changes",
+                )
+                if sha not in s["stalled"]:
+                    s["stalled"].append(sha)
+            else:
+                s["retries"].append({"commit": sha, "tests": run["tests"], "avoid": run["pool"]})
+            return
+        if ev.outcome not in ("pass", "fail"):
+            raise ValueError(f"unknown run outcome {ev.outcome!r} for run {ev.run_id}")
+        s["stats"]["runs"] += 1
+        s["inconclusive"].pop(sha, None)
+        rs = s["results"].setdefault(sha, [])
+        rs.append(
+            {
+                "run_id": ev.run_id,
+                "outcome": ev.outcome,
+                "failed_tests": list(ev.failed_tests),
+                "kind": run["kind"],
+                "tests": run["tests"],
+                "flake": False,
+            }
+        )
+        if ev.outcome == "pass":
+            covered = None if run["tests"] is None else set(run["tests"])
+            for r in rs:
+                explained = covered is None or (r["failed_tests"] and set(r["failed_tests"]) <= covered)
+                if r["outcome"] == "fail" and not r["flake"] and explained:
+                    r["flake"] = True
+                    s["stats"]["flakes"] += 1
+                    tests = tuple(r["failed_tests"])
+                    out.append(RecordFlake(sha, tests, r["run_id"]))
+                    self._push(s["flakes"], {"commit": sha, "tests": list(tests), "run_id": r["run_id"]})
+            return
+        # a failure behind a blamed culprit: the tree still contains it; extend the block
+        good = self._good()
+        blocked = self._blocked_index(good)
+        i = self._index[sha]
+        if blocked is not None and i > blocked:
+            s["blocked_to"] = sha
+            if not ev.failed_tests:
+                self._alert(
+                    out,
+                    "unknown-failure-behind-culprit",
+                    f"{sha[:12]} fails (failing tests unknown) behind the blamed culprit"
+                    f" {s['blocked_from'][:12] if s['blocked_from'] else '?'}; waiting for a fix",
+                )
+
+    # ------------------------------------------------------------------ planning
+
+    def _cancel(self, run_id: str, reason: str, out: list[Action]) -> None:
+        s = self._s
+        run = s["runs"].pop(run_id)
+        pool = s["pools"].get(run["pool"])
+        if pool is not None and pool["run_id"] == run_id:
+            pool["run_id"] = None
+            if pool["state"] == "busy":
+                pool["state"] = "idle"
+        out.append(CancelRun(run_id, reason))
+
+    def _start(self, sha: str, pool: str, kind: str, tests, out: list[Action]) -> None:
+        s = self._s
+        run_id = f"r{s['next_run']}"
+        s["next_run"] += 1
+        t = list(tests) if tests is not None else None
+        s["runs"][run_id] = {"commit": sha, "pool": pool, "kind": kind, "tests": t}
+        s["pools"][pool].update(state="busy", run_id=run_id)
+        out.append(StartRun(run_id, sha, pool, kind, tuple(t) if t is not None else None))  # type: ignore[arg-type]
+
+    def _plan(self, out: list[Action]) -> None:
+        s, cfg = self._s, self.config
+        cand = s["candidates"]
+        good = self._good()
+        if s["blocked_to"] is not None and self._blocked_index(good) is None:
+            s["blocked_from"], s["blocked_to"], s["blocked_tests"] = None, None, []  # a fix passed
+        blocked = self._blocked_index(good)
+        bad = self._bad(good) if blocked is None else None
+
+        # 1. promote the passing prefix at once
+        if good >= 0 and s["promoting"] is None and not s["halted"]:
+            s["promoting"] = cand[good]
+            out.append(Promote(cand[good]))
+
+        # 2. blame a confirmed suspect
+        if bad is not None and bad == good + 1:
+            sha = cand[bad]
+            fails = [r for r in s["results"][sha] if r["outcome"] == "fail"]
+            if len(fails) >= 1 + cfg.confirmations:
+                failed = {t for r in fails for t in r["failed_tests"]}
+                tests = sorted(self._explained(good, failed))
+                if failed and not tests:  # the parent was never shown to pass these: inherited, not caused
+                    unexplained = sorted({t for r in fails for t in r["failed_tests"]})
+                    self._alert(
+                        out,
+                        "inherited-failure",
+                        f"{sha[:12]} fails {', '.join(unexplained[:5]) or 'tests'} that its parent was"
+                        " never shown to pass (promoted on a partial run?); waiting for a fix on staging",
+                    )
+                    self._block(sha, unexplained)
+                    blocked, bad = len(cand) - 1, None
+                else:
+                    runs = [r["run_id"] for r in fails]
+                    author = s["authors"].get(sha, "")
+                    out.append(Blame(sha, author, tuple(tests), tuple(runs)))
+                    self._push(
+                        s["culprits"],
+                        {"commit": sha, "author": author, "failed_tests": tests, "run_ids": runs},
+                    )
+                    if cfg.culprit_action == "revert":
+                        out.append(Revert(sha))
+                    self._block(sha, tests)
+                blocked, bad = len(cand) - 1, None
+
+        # 3. cancel runs whose result can no longer change a decision
+        if cfg.cancel_useless_runs:
+            for rid, r in list(s["runs"].items()):
+                i = self._index[r["commit"]]
+                useless = i <= good
+                if bad is not None and i > bad:
+                    useless = True
+                if useless:
+                    self._cancel(rid, "result no longer needed", out)
+
+        free = sorted(n for n, p in s["pools"].items() if p["state"] == "idle")
+        if not free or not cand:
+            return
+        busy = {r["commit"] for r in s["runs"].values()}
+        stalled = set(s["stalled"])
+
+        def usable(i: int) -> bool:
+            c = cand[i]
+            return c not in busy and c not in stalled and self._status(c) == "U"
+
+        # 4. retries of inconclusive runs, on another pool when there is one
+        keep = []
+        for r in s["retries"]:
+            i = self._index.get(r["commit"])
+            wanted = i is not None and i > good
+            if wanted and bad is not None:
+                wanted = i < bad or (i == bad and i == good + 1)
+            if wanted and (r["commit"] not in busy or i == bad) and r["commit"] not in stalled:
+                if not free:
+                    keep.append(r)
+                    continue
+                pool = next((p for p in free if p != r["avoid"]), free[0])
+                free.remove(pool)
+                self._start(r["commit"], pool, "retry", r["tests"], out)
+                busy.add(r["commit"])
+        s["retries"] = keep
+        if not free:
+            return
+
+        tip = len(cand) - 1
+        if blocked is not None:  # behind a culprit: only a new tip can pass
+            rs = s["results"].get(cand[tip], [])
+            tip_known = any(
+                (r["outcome"] == "pass" and r["tests"] is None) or (r["outcome"] == "fail" and not r["flake"])
+                for r in rs
+            )
+            if cand[tip] not in busy and cand[tip] not in stalled and not tip_known:
+                self._start(cand[tip], free.pop(0), "tip", None, out)
+                busy.add(cand[tip])
+            self._hunt(good, free, busy, stalled, out)
+            return
+
+        if bad is None:  # batch: the tip, then speculation below it
+            if usable(tip):
+                self._start(cand[tip], free.pop(0), "tip", None, out)
+                busy.add(cand[tip])
+            if cfg.speculate and free and cand[tip] in busy:
+                self._probe(good, tip, free, "speculate", None, usable, out)
+            return
+
+        tests = self._failed_tests(cand[bad])
+        if bad == good + 1:  # confirm the suspect: fail again, in parallel
+            sha = cand[bad]
+            fails = sum(1 for r in s["results"][sha] if r["outcome"] == "fail")
+            running = sum(1 for r in s["runs"].values() if r["commit"] == sha)
+            for _ in range(max(0, 1 + cfg.confirmations - fails - running)):
+                if not free or sha in stalled:
+                    break
+                self._start(sha, free.pop(0), "confirm", tests, out)
+            return
+        self._probe(good, bad, free, "bisect", tests, usable, out)
+
+    def _tests_passed(self, sha: str) -> list[str] | None:
+        passes = [r for r in self._s["results"].get(sha, []) if r["outcome"] == "pass"]
+        if not passes or any(r["tests"] is None for r in passes):
+            return None
+        return sorted({t for r in passes for t in r["tests"]})
+
+    def _explained(self, parent: int, failed: set[str]) -> set[str]:
+        """The failed tests the parent was shown to pass (all of them after a full pass)."""
+        if parent < 0:
+            mt = self._s["master_tests"]
+            return failed if mt is None else (failed & set(mt))
+        covered: set[str] = set()
+        for r in self._s["results"].get(self._s["candidates"][parent], []):
+            if r["outcome"] == "pass":
+                if r["tests"] is None:
+                    return failed
+                covered |= set(r["tests"])
+        return failed & covered
+
+    def _block(self, culprit: str, tests: list[str]) -> None:
+        s = self._s
+        if s["blocked_from"] is None or self._index[culprit] < self._index.get(s["blocked_from"], 0):
+            s["blocked_from"] = culprit
+        s["blocked_to"] = s["candidates"][-1]
+        s["blocked_tests"] = sorted(set(s["blocked_tests"]) | set(tests))
+        s["retries"] = []
+
+    def _hunt(self, good: int, free: list[str], busy: set[str], stalled: set[str], out: list[Action]) -> None:
+        """Behind a block: a failure the blamed culprits do not explain (a second culprit,
+        masked until now) is bisected on its own tests, above the last commit passing them."""
+        while self._hunt_once(good, free, busy, stalled, out):
+            pass
+
+    def _hunt_once(self, good: int, free: list[str], busy: set[str], stalled: set[str], out: list) -> bool:
+        s, cfg = self._s, self.config
+        cand, known = s["candidates"], set(s["blocked_tests"])
+        h, hunted = -1, set()
+        for sha, rs in s["results"].items():
+            i = self._index.get(sha, -1)
+            if i <= max(good, h):
+                continue
+            extra = {t for r in rs if r["outcome"] == "fail" for t in r["failed_tests"]} - known
+            if extra and self._evidence(rs, extra) == "fail":
+                h, hunted = i, extra
+        if h < 0:
+            return False
+        lo = good
+        for sha, rs in s["results"].items():
+            i = self._index.get(sha, -1)
+            if lo < i < h and self._evidence(rs, hunted) == "pass":
+                lo = i
+        hi = h
+        for sha, rs in s["results"].items():
+            i = self._index.get(sha, -1)
+            if lo < i < hi and self._evidence(rs, hunted) == "fail":
+                hi = i
+        tests = sorted(hunted)
+        if hi == lo + 1:
+            sha = cand[hi]
+            shown = None
+            if lo == good:
+                shown = self._tests_passed(cand[good]) if good >= 0 else s["master_tests"]
+            if shown is not None and not hunted <= set(shown):
+                self._alert(
+                    out,
+                    "inherited-failure",
+                    f"{sha[:12]} fails {', '.join(tests[:5])} that its parent was never shown to pass"
+                    " (promoted on a partial run?); waiting for a fix on staging",
+                )
+                self._block(sha, tests)
+                return True
+            fails = [
+                r for r in s["results"][sha] if r["outcome"] == "fail" and set(r["failed_tests"]) & hunted
+            ]
+            if len(fails) >= 1 + cfg.confirmations:
+                runs = [r["run_id"] for r in fails]
+                tests = sorted({t for r in fails for t in r["failed_tests"]} & hunted)
+                author = s["authors"].get(sha, "")
+                out.append(Blame(sha, author, tuple(tests), tuple(runs)))
+                self._push(
+                    s["culprits"], {"commit": sha, "author": author, "failed_tests": tests, "run_ids": runs}
+                )
+                if cfg.culprit_action == "revert":
+                    out.append(Revert(sha))
+                self._block(sha, tests)
+                return True
+            running = sum(1 for r in s["runs"].values() if r["commit"] == sha)
+            for _ in range(max(0, 1 + cfg.confirmations - len(fails) - running)):
+                if not free or sha in stalled:
+                    break
+                self._start(sha, free.pop(0), "confirm", tests, out)
+            return False
+
+        def usable(i: int) -> bool:
+            c = cand[i]
+            return (
+                c not in busy and c not in stalled and self._evidence(s["results"].get(c, []), hunted) is None
+            )
+
+        self._probe(lo, hi, free, "bisect", tests, usable, out)
+        return False
+
+    def _probe(self, lo: int, hi: int, free: list[str], kind: str, tests, usable, out: list[Action]) -> None:
+        """Start runs on ``free`` pools at prefix points in (lo, hi), splitting the interval,
+        together with the runs already in flight there, into parts as equal as possible."""
+        cand = self._s["candidates"]
+        inflight = sorted(
+            {i for i in (self._index[r["commit"]] for r in self._s["runs"].values()) if lo < i < hi}
+        )
+        bounds = [lo, *inflight, hi]
+        # max-heap of segments by the size of their largest part once m probes are placed
+        heap = [(-(b - a), a, b, 0) for a, b in itertools.pairwise(bounds) if b - a > 1]
+        heapq.heapify(heap)
+        alloc: dict[tuple[int, int], int] = {}
+        budget = len(free)
+        while budget and heap:
+            _, a, b, m = heapq.heappop(heap)
+            if m + 1 >= b - a:  # every commit inside already probed
+                alloc[(a, b)] = m
+                continue
+            m += 1
+            budget -= 1
+            alloc[(a, b)] = m
+            heapq.heappush(heap, (-_ceil_div(b - a, m + 1), a, b, m))
+        points: list[int] = []
+        for (a, b), m in sorted(alloc.items()):
+            for j in range(1, m + 1):
+                p = a + _ceil_div(j * (b - a), m + 1)
+                if a < p < b and usable(p) and (not points or points[-1] != p):
+                    points.append(p)
+        for p in points:
+            if not free:
+                break
+            self._start(cand[p], free.pop(0), kind, tests, out)

@@ -1,0 +1,293 @@
+"""Asynchronous Cobbler XML-RPC client (Twisted): register a pool's hosts as Cobbler systems.
+
+Every call runs on the reactor (``twisted.web.client.Agent`` carrying stdlib ``xmlrpc.client``
+payloads; ``twisted.web.xmlrpc.Proxy`` is built on the deprecated ``HTTPClient``), never
+blocking it, with a per-call timeout. Failures raise ``CobblerError`` naming the Cobbler URL,
+the object and the reason; the password never appears in any message.
+
+Systems are tagged with their pool in Cobbler's ``comment`` field (``qacloud-pool:<name>``) so
+``remove_stale``/``remove_pool`` only ever touch systems qacloud registered for that pool.
+The BMC password is **not** stored in Cobbler: qacloud drives power itself over IPMI
+(steps/ipmi.py), and Cobbler returns ``power_pass`` in clear to any API reader. Cobbler gets the
+BMC address, port (``power_options``: ``ipport=``) and user, so ``cobbler system report`` still
+tells an admin where the BMC is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import xmlrpc.client
+from io import BytesIO
+from typing import Any
+
+from twisted.internet import defer, error, reactor
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+
+from master.inventory import Host, Pool
+
+POOL_TAG = "qacloud-pool:"
+POWER_TYPE = "ipmilanplus"
+
+
+class CobblerError(Exception):
+    """A Cobbler call failed; the message names the Cobbler URL, the object and the reason."""
+
+
+class _HttpError(Exception):
+    pass
+
+
+def pool_tag(pool: Pool | str) -> str:
+    """The ``comment`` that marks a system as registered by qacloud for ``pool``."""
+    return POOL_TAG + (pool if isinstance(pool, str) else pool.name)
+
+
+class CobblerClient:
+    """Talks to one Cobbler server's XML-RPC API (e.g. ``http://cobbler/cobbler_api``)."""
+
+    def __init__(self, url: str, username: str, password: str, timeout: float = 30) -> None:
+        self.url = url
+        self.username = username
+        self._password = password
+        self.timeout = timeout
+        self._token: str | None = None
+        self._agent = Agent(reactor, connectTimeout=timeout)  # non-persistent: nothing left open
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _clean(self, text: str) -> str:
+        return text.replace(self._password, "<password>") if self._password else text
+
+    def _error(self, what: str, reason: str) -> CobblerError:
+        return CobblerError(self._clean(f"Cobbler at {self.url}: {what}: {reason}"))
+
+    async def _post(self, method: str, args: tuple) -> Any:
+        body = xmlrpc.client.dumps(args, method, allow_none=True).encode()
+        response = await self._agent.request(
+            b"POST",
+            self.url.encode(),
+            Headers({b"Content-Type": [b"text/xml"]}),
+            FileBodyProducer(BytesIO(body)),
+        )
+        data = await _read_body(response)
+        if response.code != 200:
+            text = data.decode(errors="replace").strip()[:200]
+            raise _HttpError(
+                f"HTTP {response.code} {response.phrase.decode(errors='replace')} {text}".strip()
+            )
+        (result,), _ = xmlrpc.client.loads(data, use_builtin_types=True)  # raises Fault
+        return result
+
+    async def _call(self, method: str, *args: Any, what: str) -> Any:
+        d = defer.ensureDeferred(self._post(method, args))
+        # whatever the cancelled request ended with (ResponseFailed([CancelledError])...), it timed out
+        d.addTimeout(self.timeout, reactor, onTimeoutCancel=lambda _r, t: Failure(defer.TimeoutError(t)))
+        try:
+            return await d
+        except xmlrpc.client.Fault as f:
+            raise self._error(what, _fault_text(f)) from None
+        except _HttpError as e:
+            raise self._error(what, str(e)) from None
+        except xmlrpc.client.ResponseError as e:
+            raise self._error(what, f"not an XML-RPC answer: {e}") from None
+        except error.ConnectionRefusedError:
+            raise self._error(what, "connection refused (is Cobbler running?)") from None
+        except (defer.TimeoutError, defer.CancelledError, error.TimeoutError):
+            raise self._error(what, f"no answer within {self.timeout:g} s (timeout)") from None
+        except error.ConnectError as e:
+            raise self._error(what, f"cannot connect: {e}") from None
+        except (ResponseFailed, error.ConnectionLost, error.ConnectionDone) as e:
+            raise self._error(what, f"connection lost: {e}") from None
+
+    async def _authed(self, method: str, *args: Any, what: str, after: tuple = ()) -> Any:
+        """A call taking the token after ``args`` (then ``after``); logs in again, once, if it expired."""
+        if self._token is None:
+            await self.login()
+        try:
+            return await self._call(method, *args, self._token, *after, what=what)
+        except CobblerError as e:
+            if "invalid token" not in str(e):
+                raise
+        await self.login()
+        return await self._call(method, *args, self._token, *after, what=what)
+
+    # -- API ----------------------------------------------------------------------------------
+    async def login(self) -> None:
+        """Get a fresh API token."""
+        try:
+            self._token = await self._call(
+                "login", self.username, self._password, what=f"login as {self.username}"
+            )
+        except CobblerError as e:
+            if "login failed" in str(e):
+                raise self._error(
+                    f"login as {self.username}", "authentication failed (wrong username or password)"
+                ) from None
+            raise
+
+    async def ping(self) -> bool:
+        return bool(await self._call("ping", what="ping"))
+
+    async def profiles(self) -> list[str]:
+        return list(await self._call("get_item_names", "profile", what="list profiles"))
+
+    async def systems(self, pool: Pool | str | None = None) -> list[str]:
+        """Names of all systems, or of those tagged with ``pool``."""
+        if pool is None:
+            return list(await self._call("get_item_names", "system", what="list systems"))
+        found = await self._call("get_systems", what="list systems")
+        return sorted(s["name"] for s in found if s.get("comment") == pool_tag(pool))
+
+    async def get_system(self, name: str) -> dict | None:
+        s = await self._call("get_system", name, what=f"system {name}")
+        return None if s == "~" else s  # Cobbler answers '~' for a missing name
+
+    async def register_pool(self, pool: Pool) -> list[str]:
+        """Create or update one system per host of ``pool``; return their names.
+
+        All-or-nothing for what this call creates: profiles are checked first, and if a host
+        fails, the systems created by this call are removed again before the error is raised.
+        """
+        known = set(await self.profiles())
+        for h in pool.hosts:
+            if h.profile not in known:
+                raise self._error(
+                    f"system {h.name} (pool {pool.name})",
+                    f"unknown profile {h.profile!r} (Cobbler has: {', '.join(sorted(known)) or 'none'})",
+                )
+        existing = set(await self.systems())
+        created: list[str] = []
+        try:
+            for h in pool.hosts:
+                new = h.name not in existing
+                await self._save_system(pool, h, new)
+                if new:
+                    created.append(h.name)
+        except CobblerError:
+            for name in created:
+                try:
+                    await self._authed("remove_system", name, what=f"roll back system {name}")
+                except CobblerError:
+                    pass  # the original error is the one to report
+            raise
+        return [h.name for h in pool.hosts]
+
+    async def _save_system(self, pool: Pool, h: Host, new: bool) -> None:
+        what = f"system {h.name} (pool {pool.name})"
+        if new:
+            handle = await self._authed("new_system", what=what)
+            await self._authed("modify_system", handle, "name", h.name, what=what)
+            current: dict = {}
+        else:
+            handle = await self._authed("get_system_handle", h.name, what=what)
+            current = await self.get_system(h.name) or {}
+        fields = {
+            "profile": h.profile,
+            "hostname": h.name,
+            "comment": pool_tag(pool),
+            "netboot_enabled": True,
+            "gateway": pool.network.gateway,
+            "power_type": POWER_TYPE,
+            "power_address": h.bmc.address,
+            "power_user": h.bmc.username,
+            "power_pass": "",
+            "power_options": f"ipport={h.bmc.port}\nlanplus=1",
+        }
+        for key, value in fields.items():
+            await self._authed("modify_system", handle, key, value, what=f"{what}: set {key}")
+        wanted = _interfaces(pool, h)
+        for ifname in set(current.get("interfaces", {})) - set(wanted):
+            await self._authed("modify_system", handle, "delete_interface", ifname, what=f"{what}: {ifname}")
+        for ifname, attrs in wanted.items():
+            values = {f"{k}-{ifname}": v for k, v in attrs.items()}
+            await self._authed("modify_system", handle, "modify_interface", values, what=f"{what}: {ifname}")
+        await self._authed("save_system", handle, what=what, after=("new" if new else "edit",))
+
+    async def remove_stale(self, pool: Pool | str, keep_names) -> list[str]:
+        """Remove the systems tagged with ``pool`` that are not in ``keep_names``; return them."""
+        keep = set(keep_names)
+        stale = [n for n in await self.systems(pool) if n not in keep]
+        for name in stale:
+            await self._authed("remove_system", name, what=f"remove stale system {name}")
+        return stale
+
+    async def remove_pool(self, pool: Pool | str) -> list[str]:
+        """Remove every system tagged with ``pool``; return their names."""
+        return await self.remove_stale(pool, ())
+
+    async def sync(self) -> None:
+        """Write the PXE/TFTP files (``pxelinux.cfg/01-<mac>``...) for all systems."""
+        await self._authed("sync", what="sync")
+
+    async def get_netboot(self, name: str) -> bool:
+        s = await self.get_system(name)
+        if s is None:
+            raise self._error(f"system {name}", "no such system")
+        return bool(s["netboot_enabled"])
+
+    async def set_netboot(self, name: str, enabled: bool) -> None:
+        try:
+            await self._authed(
+                "xapi_object_edit",
+                "system",
+                name,
+                "edit",
+                {"netboot_enabled": enabled},
+                what=f"system {name}",
+            )
+        except CobblerError as e:
+            if "unknown system name" in str(e):
+                raise self._error(f"system {name}", "no such system") from None
+            raise
+
+
+class _Collect(Protocol):
+    """Reads a response body (``readBody`` warns on the transports Agent uses in Twisted 24.11)."""
+
+    def __init__(self, done: defer.Deferred) -> None:
+        self.done, self.chunks = done, []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason=None) -> None:
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+
+
+def _read_body(response) -> defer.Deferred:
+    done: defer.Deferred = defer.Deferred()
+    response.deliverBody(_Collect(done))
+    return done
+
+
+def _interfaces(pool: Pool, h: Host) -> dict[str, dict[str, Any]]:
+    """eth0 carries the provisioning MAC, IP and DNS name; further MACs become eth1, eth2..."""
+    netmask = pool.network.netmask or str(ipaddress.ip_network(pool.network.subnet).netmask)
+    ifaces: dict[str, dict[str, Any]] = {
+        "eth0": {
+            "macaddress": h.mac,
+            "ipaddress": h.ip,
+            "netmask": netmask,
+            "dnsname": h.name,
+            "static": True,
+        }
+    }
+    for i, mac in enumerate(h.macs[1:], start=1):
+        ifaces[f"eth{i}"] = {"macaddress": mac.lower(), "ipaddress": "", "dnsname": "", "static": False}
+    return ifaces
+
+
+def _fault_text(f: xmlrpc.client.Fault) -> str:
+    """Cobbler faults read ``<class 'cobbler.cexceptions.CX'>:'message'``: keep the message."""
+    text = str(f.faultString)
+    if ">:" in text:
+        text = text.split(">:", 1)[1].strip()
+        if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1]
+    return text

@@ -1,0 +1,142 @@
+"""The gate simulator: determinism, common random numbers, the promotion checker, traces, CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+
+from bench.gate_sim import crn
+from bench.gate_sim.cli import main
+from bench.gate_sim.metrics import runs_limit, throughput_limit
+from bench.gate_sim.policies import POLICIES, RefPolicy
+from bench.gate_sim.sim import Scenario, Simulator, simulate
+from bench.gate_sim.trace import TraceError, dump_trace, generate, load_trace, parse_trace
+from schedulers.events import Promote, StagingUpdated
+
+SC = Scenario()
+
+
+def test_same_seed_same_result_for_every_policy():
+    trace = generate(120, 1.0, 0.05, seed=7)
+    for name, make in POLICIES.items():
+        a = asdict(simulate(trace, SC, make, 7, name))
+        b = asdict(simulate(trace, SC, make, 7, name))
+        a.pop("wall_seconds"), b.pop("wall_seconds")
+        assert a == b, name
+        assert a["error"] is None, (name, a["error"])
+
+
+def test_common_random_numbers_give_the_same_luck_to_the_same_content():
+    trace = generate(80, 1.0, 0.05, seed=3)
+    sims = {}
+    for name in ("R2-speculative", "R3-mergify"):
+        sim = Simulator(trace, SC, POLICIES[name](SC, trace), 3, name)
+        sim.run()
+        sims[name] = {
+            (r.commit, n): (round(r.end - r.start, 9), r.outcome if not r.culprits else r.culprits)
+            for n, r in enumerate(sim.runs.values())
+        }
+    first = {}
+    for runs in sims.values():
+        seen: dict[str, int] = {}
+        for (commit, _n), draw in runs.items():
+            attempt = seen.get(commit, 0)
+            seen[commit] = attempt + 1
+            first.setdefault((commit, attempt), set()).add(draw)
+    shared = [k for k, v in first.items() if len(v) >= 1]
+    assert len(shared) > 50
+    # same sha + attempt -> same duration and flake draw (a trace commit keeps its id even when a
+    # revert landed before it in one policy only, so the culprit content may differ)
+    assert all(len({d for d, _ in v}) == 1 for v in first.values())
+    assert all(len({o for _, o in v if isinstance(o, str)}) <= 1 for v in first.values())
+    assert crn.uniform(1, "x", "c1", 0) == crn.uniform(1, "x", "c1", 0) != crn.uniform(2, "x", "c1", 0)
+
+
+class PromotesUntested(RefPolicy):
+    """Deliberately broken: promotes every new tip without testing it."""
+
+    def handle(self, ev):
+        if isinstance(ev, StagingUpdated) and ev.commits:
+            return [Promote(ev.commits[-1])]
+        return []
+
+
+def test_the_checker_counts_an_illegal_promotion_and_the_breakage_it_causes():
+    trace = parse_trace(
+        '{"id": "a", "arrival_ts": 0, "is_culprit": false}\n'
+        '{"id": "b", "arrival_ts": 60, "is_culprit": true}\n'
+    )
+    res = Simulator(trace, SC, PromotesUntested(SC.pool_names), 1, "broken").run()
+    assert res.illegal_promotions == 2
+    assert res.master_breakage == 1
+    assert any("without a finished passing run" in v for v in res.violations)
+
+
+def test_reference_policies_and_the_gate_never_break_master():
+    trace = generate(150, 1.5, 0.08, seed=11)
+    for name, make in POLICIES.items():
+        res = simulate(trace, SC, make, 11, name)
+        assert (res.illegal_promotions, res.master_breakage, res.error) == (0, 0, None), name
+    oracle = simulate(trace, SC, POLICIES["oracle"], 11, "oracle")
+    assert oracle.false_rejections == 0 and oracle.culprits_blamed == sum(c.is_culprit for c in trace)
+
+
+def test_trace_errors_name_file_line_and_field(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text(
+        '{"id": "a", "arrival_ts": 5, "is_culprit": false}\n'
+        "not json\n"
+        '{"id": "a", "arrival_ts": 1, "is_culprit": "yes"}\n'
+        '{"id": "c", "arrival_ts": 9, "is_culprit": false, "fixes": "zz"}\n'
+    )
+    with pytest.raises(TraceError) as e:
+        load_trace(p)
+    msg = str(e.value)
+    assert f"{p}:2: not valid JSON" in msg
+    assert f"{p}:3: field 'id' 'a' duplicates line 1" in msg
+    assert f"{p}:3: field 'is_culprit' must be true or false" in msg
+    assert f"{p}:4: field 'fixes' must name an earlier commit id" in msg
+    with pytest.raises(TraceError, match="cannot read trace"):
+        load_trace(tmp_path / "missing.jsonl")
+
+
+def test_generator_round_trips_and_workday_profile_concentrates_arrivals():
+    trace = generate(400, 2.0, 0.05, seed=1, workday=True)
+    assert parse_trace(dump_trace(trace)) == [
+        type(c)(c.id, round(c.arrival_ts, 3), c.is_culprit, c.fixes) for c in trace
+    ]
+    busy = sum(9 <= (c.arrival_ts / 3600) % 24 < 18 for c in trace)
+    assert busy / len(trace) > 0.7
+
+
+def test_limits_match_the_note():
+    assert runs_limit(0.05, 0.0) == pytest.approx(0.286, abs=1e-3)
+    assert runs_limit(0.05, 0.02) == pytest.approx(0.308, abs=1e-3)
+    assert throughput_limit(SC, 0.05) == pytest.approx(4.87, abs=0.02)
+
+
+def test_cli_smoke_prints_a_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "o.json"
+    rc = main(
+        "--generate 30 --rate 1 --pools 3 --bvt-hours 1,3 --flake-rate 0.02 --culprit-rate 0.05 "
+        f"--policy all --seeds 2 --sweep 0.5,1 --json {out}".split()
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| policy | runs/commit" in text
+    for name in POLICIES:
+        assert f"| {name}" in text
+    doc = json.loads(out.read_text())
+    assert {s["policy"] for s in doc["summaries"]} == set(POLICIES)
+    assert set(doc["sweep"]["lambda_star"]) == set(POLICIES)
+
+
+def test_cli_reports_a_bad_trace_and_a_bad_policy_clearly(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "arrival_ts": 0, "is_culprit": false}\n')
+    assert main(["--trace", str(bad), "--policy", "R0"]) == 2
+    assert f"{bad}:1: field 'id' must be a non-empty string" in capsys.readouterr().err
+    assert main(["--generate", "5", "--rate", "1", "--policy", "nope"]) == 2
+    assert "unknown policy 'nope'" in capsys.readouterr().err

@@ -1,0 +1,227 @@
+"""steps/cobbler.py against the real cobblerd of lab/cobbler.py (no mocks)."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+import xmlrpc.client
+from pathlib import Path
+
+import pytest
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from master.inventory import Pool, load_inventory
+from steps.cobbler import POWER_TYPE, CobblerClient, CobblerError, pool_tag
+from tests.support.procs import free_port, simple_pool, write_inventory
+
+
+def make_pool(tmp: Path, name: str, index: int, edit=None) -> Pool:
+    """A real, validated inventory Pool (1 management server + 2 KVM hosts)."""
+    raw = simple_pool(name, index)
+    if edit:
+        edit(raw)
+    return load_inventory(write_inventory(tmp / f"{name}.yaml", [raw])).pool(name)
+
+
+def pxe_file(server, mac: str) -> Path:
+    return server.tftpboot / "pxelinux.cfg" / ("01-" + mac.replace(":", "-"))
+
+
+class CobblerClientTest(unittest.TestCase):
+    timeout = 60
+
+    @pytest.fixture(autouse=True)
+    def _inject(self, cobbler_server, tmp_path):
+        self.server = cobbler_server
+        self.tmp = tmp_path
+
+    def client(self, **kw) -> CobblerClient:
+        args = {"url": self.server.url, "username": self.server.username, "password": self.server.password}
+        return CobblerClient(**{**args, **kw})
+
+    @defer.inlineCallbacks
+    def _cleanup_pool(self, pool):
+        yield defer.ensureDeferred(self.client().remove_pool(pool))
+
+    async def test_register_creates_systems(self):
+        pool = make_pool(self.tmp, "cr", 31)
+        self.addCleanup(self._cleanup_pool, pool)
+        c = self.client()
+        self.assertTrue(await c.ping())
+        names = await c.register_pool(pool)
+        self.assertEqual(names, ["cr-mgmt", "cr-kvm1", "cr-kvm2"])
+        self.assertEqual(await c.systems(pool), sorted(names))
+        s = self.server.get_system("cr-kvm1")
+        self.assertEqual(s["profile"], "qacloud-kvm")
+        self.assertEqual(s["hostname"], "cr-kvm1")
+        self.assertEqual(s["comment"], pool_tag(pool))
+        self.assertTrue(s["netboot_enabled"])
+        self.assertEqual(s["power_type"], POWER_TYPE)
+        self.assertEqual(s["power_address"], "127.0.0.1")
+        self.assertEqual(s["power_user"], "admin")
+        self.assertIn(f"ipport={pool.host('cr-kvm1').bmc.port}", s["power_options"])
+        self.assertEqual(s["power_pass"], "")  # the BMC password is never given to Cobbler
+        eth0 = s["interfaces"]["eth0"]
+        self.assertEqual(
+            (eth0["mac_address"], eth0["ip_address"], eth0["netmask"], eth0["dns_name"]),
+            ("52:54:00:1f:00:0b", "127.0.31.11", "255.255.255.0", "cr-kvm1"),
+        )
+        self.assertEqual(self.server.get_system("cr-mgmt")["profile"], "qacloud-mgmt")
+
+    async def test_register_updates_ip_and_macs(self):
+        pool = make_pool(self.tmp, "up", 32)
+        self.addCleanup(self._cleanup_pool, pool)
+        c = self.client()
+        await c.register_pool(pool)
+        await c.set_netboot("up-kvm2", False)
+
+        def move(raw):
+            kvm2 = raw["hypervisors"][1]
+            kvm2["ip"] = "127.0.32.50"
+            kvm2["macs"] = ["52:54:00:20:00:50", "52:54:00:20:00:51"]
+
+        moved = make_pool(self.tmp, "up", 32, move)
+        await c.register_pool(moved)
+        s = self.server.get_system("up-kvm2")
+        self.assertEqual(s["interfaces"]["eth0"]["ip_address"], "127.0.32.50")
+        self.assertEqual(s["interfaces"]["eth0"]["mac_address"], "52:54:00:20:00:50")
+        self.assertEqual(s["interfaces"]["eth1"]["mac_address"], "52:54:00:20:00:51")
+        self.assertTrue(s["netboot_enabled"], "re-registering re-arms PXE")
+        # the extra MAC goes away again when the inventory drops it
+        await c.register_pool(pool)
+        s = self.server.get_system("up-kvm2")
+        self.assertEqual(set(s["interfaces"]), {"eth0"})
+        self.assertEqual(s["interfaces"]["eth0"]["mac_address"], "52:54:00:20:00:0c")
+        self.assertEqual(await c.systems(pool), ["up-kvm1", "up-kvm2", "up-mgmt"])
+
+    async def test_remove_stale_only_touches_its_pool(self):
+        pool, other = make_pool(self.tmp, "st", 33), make_pool(self.tmp, "ot", 34)
+        self.addCleanup(self._cleanup_pool, pool)
+        self.addCleanup(self._cleanup_pool, other)
+        c = self.client()
+        await c.register_pool(pool)
+        await c.register_pool(other)
+
+        def drop_kvm2(raw):
+            raw["hypervisors"] = raw["hypervisors"][:1]
+
+        smaller = make_pool(self.tmp, "st", 33, drop_kvm2)
+        removed = await c.remove_stale(smaller, [h.name for h in smaller.hosts])
+        self.assertEqual(removed, ["st-kvm2"])
+        self.assertIsNone(self.server.get_system("st-kvm2"))
+        self.assertEqual(await c.systems(pool), ["st-kvm1", "st-mgmt"])
+        self.assertEqual(await c.systems(other), ["ot-kvm1", "ot-kvm2", "ot-mgmt"])
+        self.assertEqual(await c.remove_pool(pool), ["st-kvm1", "st-mgmt"])
+        self.assertEqual(await c.systems(pool), [])
+        self.assertEqual(len(await c.systems(other)), 3)
+
+    async def test_netboot_toggle_sync_and_nopxe(self):
+        pool = make_pool(self.tmp, "nb", 35)
+        self.addCleanup(self._cleanup_pool, pool)
+        c = self.client()
+        await c.register_pool(pool)
+        await c.sync()
+        for h in pool.hosts:
+            text = pxe_file(self.server, h.mac).read_text()
+            self.assertIn(f"/cblr/svc/op/autoinstall/system/{h.name}", text)
+            self.assertIn("kernel /images/", text)
+        await c.set_netboot("nb-kvm1", False)
+        self.assertFalse(await c.get_netboot("nb-kvm1"))
+        await c.sync()
+        self.assertIn("localboot", pxe_file(self.server, pool.host("nb-kvm1").mac).read_text())
+        await c.set_netboot("nb-kvm1", True)
+        self.assertTrue(await c.get_netboot("nb-kvm1"))
+        # the installer's call-back: Cobbler's own /cblr/svc nopxe endpoint clears the flag
+        with urllib.request.urlopen(self.server.nopxe_url("nb-mgmt"), timeout=10) as r:
+            self.assertEqual(r.read().strip(), b"True")
+        self.assertFalse(await c.get_netboot("nb-mgmt"))
+        self.assertIn("localboot", pxe_file(self.server, pool.host("nb-mgmt").mac).read_text())
+        self.assertTrue(await c.get_netboot("nb-kvm2"))
+
+    async def test_unknown_system(self):
+        c = self.client()
+        with self.assertRaises(CobblerError) as cm:
+            await c.get_netboot("no-such-host")
+        self.assertIn("system no-such-host: no such system", str(cm.exception))
+        with self.assertRaises(CobblerError) as cm:
+            await c.set_netboot("no-such-host", True)
+        self.assertIn("no such system", str(cm.exception))
+
+    async def test_wrong_password(self):
+        c = self.client(password="not-the-password")
+        with self.assertRaises(CobblerError) as cm:
+            await c.sync()
+        msg = str(cm.exception)
+        self.assertIn(self.server.url, msg)
+        self.assertIn(f"login as {self.server.username}", msg)
+        self.assertIn("authentication failed", msg)
+        self.assertNotIn("not-the-password", msg)
+        self.assertNotIn(self.server.password, msg)
+
+    async def test_cobbler_down_connection_refused(self):
+        url = f"http://127.0.0.1:{free_port()}/cobbler_api"
+        c = CobblerClient(url, "qacloud", "pw-secret", timeout=5)
+        t0 = time.monotonic()
+        with self.assertRaises(CobblerError) as cm:
+            await c.ping()
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertIn(url, str(cm.exception))
+        self.assertIn("connection refused", str(cm.exception))
+
+    async def test_cobbler_hangs_times_out(self):
+        # a listener that accepts and never answers: a wedged Cobbler
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen(5)
+            url = f"http://127.0.0.1:{s.getsockname()[1]}/cobbler_api"
+            c = CobblerClient(url, "qacloud", "pw-secret", timeout=1)
+            t0 = time.monotonic()
+            with self.assertRaises(CobblerError) as cm:
+                await c.login()
+            elapsed = time.monotonic() - t0
+        self.assertTrue(0.9 < elapsed < 5, elapsed)
+        self.assertIn("login as qacloud: no answer within 1 s (timeout)", str(cm.exception))
+        self.assertNotIn("pw-secret", str(cm.exception))
+
+    async def test_unknown_profile_registers_nothing(self):
+        def bad_profile(raw):
+            raw["hypervisors"][1]["profile"] = "no-such-profile"
+
+        pool = make_pool(self.tmp, "bp", 36, bad_profile)
+        self.addCleanup(self._cleanup_pool, pool)
+        c = self.client()
+        with self.assertRaises(CobblerError) as cm:
+            await c.register_pool(pool)
+        msg = str(cm.exception)
+        self.assertIn("system bp-kvm2 (pool bp)", msg)
+        self.assertIn("unknown profile 'no-such-profile'", msg)
+        self.assertEqual(await c.systems(pool), [])
+        self.assertIsNone(self.server.get_system("bp-mgmt"))
+
+    async def test_failure_midway_rolls_back_created_systems(self):
+        # another (foreign) system already owns the MAC that host 2 of 3 wants: Cobbler refuses it
+        api = xmlrpc.client.ServerProxy(self.server.xmlrpc_url, allow_none=True)
+        tok = api.login(self.server.username, self.server.password)
+        foreign = {"name": "foreign", "profile": "qacloud-kvm", "mac_address": "52:54:00:25:00:0b",
+                   "interface": "eth0"}  # fmt: skip
+        api.xapi_object_edit("system", "foreign", "add", foreign, tok)
+        self.addCleanup(lambda: api.remove_system("foreign", tok))
+        pool = make_pool(self.tmp, "rb", 37)
+        self.addCleanup(self._cleanup_pool, pool)
+        c = self.client()
+        with self.assertRaises(CobblerError) as cm:
+            await c.register_pool(pool)
+        self.assertIn("system rb-kvm1 (pool rb)", str(cm.exception))
+        self.assertEqual(await c.systems(pool), [])
+        self.assertIsNone(self.server.get_system("rb-mgmt"))
+        self.assertIsNotNone(self.server.get_system("foreign"))
+
+    async def test_relogin_after_token_expiry(self):
+        c = self.client()
+        await c.login()
+        api = xmlrpc.client.ServerProxy(self.server.xmlrpc_url, allow_none=True)
+        api.logout(c._token)  # what expiry does: the token is no longer valid
+        await c.sync()  # logs in again transparently
+        self.assertTrue(api.token_check(c._token))

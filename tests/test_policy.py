@@ -1,0 +1,365 @@
+"""Property tests of the pure gate policy against a deterministic oracle (hypothesis).
+
+The oracle knows the truth: which commits break which test, which commits fix which
+culprit, when a run flakes or is inconclusive. A synchronous driver plays git, pools and
+BVT outcomes in rounds (every run takes one round) and checks the policy's invariants on
+every action.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schedulers.events import (
+    Alert,
+    Blame,
+    CancelRun,
+    PoolAvailable,
+    PoolUnavailable,
+    Promote,
+    Promoted,
+    RecordFlake,
+    Revert,
+    RunFinished,
+    StagingUpdated,
+    StartRun,
+)
+from schedulers.policy import GatePolicy, PolicyConfig
+
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@dataclass
+class History:
+    """Ground truth: commit i breaks test f"t{i}" if culprit; fixes[j] = culprit it repairs."""
+
+    n: int
+    culprits: set[int]
+    fixes: dict[int, int] = field(default_factory=dict)
+    flaky: set[tuple[int, int]] = field(default_factory=set)  # (commit, attempt) -> spurious fail
+    inconclusive: set[tuple[int, int]] = field(default_factory=set)
+
+    def broken(self, i: int) -> set[str]:
+        """Tests failing at commit i (i = -1 is master)."""
+        out = {f"t{c}" for c in self.culprits if c <= i}
+        for f, c in self.fixes.items():
+            if f <= i:
+                out.discard(f"t{c}")
+        return out
+
+
+@dataclass
+class Driver:
+    hist: History
+    k: int
+    cfg: PolicyConfig
+    fix_on_blame: bool = True
+    restart_every: int = 0  # round-trip the policy through to_state() every N events
+    policy: GatePolicy = field(init=False)
+    master: int = -1
+    shas: list[str] = field(default_factory=list)
+    runs: dict = field(default_factory=dict)
+    known: dict = field(default_factory=dict)  # sha -> [(outcome, tests, failed)]
+    attempts: dict = field(default_factory=dict)
+    blames: list = field(default_factory=list)
+    promotions: list = field(default_factory=list)
+    flakes: list = field(default_factory=list)
+    alerts: list = field(default_factory=list)
+    rounds: int = 0
+    events: int = 0
+    blame_round: dict = field(default_factory=dict)
+    first_fail_round: int | None = None
+    runs_started: int = 0
+    cancelled: set = field(default_factory=set)
+
+    def __post_init__(self):
+        self.policy = GatePolicy(self.cfg)
+        self.shas = [f"c{i:03d}" for i in range(self.hist.n)]
+
+    def sha_index(self, sha: str) -> int:
+        return int(sha[1:])
+
+    def staging_event(self) -> StagingUpdated:
+        m = "m0" if self.master < 0 else self.shas[self.master]
+        commits = tuple(self.shas[self.master + 1 :])
+        return StagingUpdated(m, commits, {c: f"author-{c}" for c in commits})
+
+    def send(self, ev) -> None:
+        self.events += 1
+        acts = self.policy.handle(ev)
+        if self.restart_every and self.events % self.restart_every == 0:
+            state = json.loads(json.dumps(self.policy.to_state()))
+            assert state == self.policy.to_state()
+            self.policy = GatePolicy(self.cfg, state)
+        for a in acts:
+            self.act(a)
+
+    def act(self, a) -> None:
+        h = self.hist
+        if isinstance(a, StartRun):
+            self.check_start(a)
+            self.runs_started += 1
+            self.runs[a.run_id] = a
+        elif isinstance(a, CancelRun):
+            self.runs.pop(a.run_id, None)
+            self.cancelled.add(a.run_id)
+        elif isinstance(a, Promote):
+            i = self.sha_index(a.commit)
+            # master only ever moves to commits that passed, and never backwards
+            assert any(r[0] == "pass" for r in self.known.get(a.commit, [])), a
+            assert i > self.master
+            if not h.fixes or not self.cfg.bisect_failed_tests_only:
+                assert not h.broken(i), f"promoted broken {a.commit}: {h.broken(i)}"
+            self.master = i
+            self.promotions.append(a.commit)
+            self.send(Promoted(a.commit))
+            self.send(self.staging_event())
+        elif isinstance(a, Blame):
+            i = self.sha_index(a.commit)
+            # blamed only on failing runs, never on inconclusive ones; the tree really fails
+            for rid in a.run_ids:
+                assert any(r[0] == "fail" and r[3] == rid for r in self.all_results()), a
+            assert h.broken(i) & set(a.failed_tests), a
+            assert not (h.broken(i - 1) & set(a.failed_tests)), f"parent of {a.commit} fails too"
+            if not h.fixes:
+                assert i in h.culprits
+            self.blames.append(a.commit)
+            self.blame_round[a.commit] = self.rounds
+            if self.fix_on_blame and self.cfg.culprit_action == "hold":
+                self.append_fix(i)
+        elif isinstance(a, Revert):
+            self.append_fix(self.sha_index(a.commit))
+        elif isinstance(a, RecordFlake):
+            self.flakes.append(a)
+        elif isinstance(a, Alert):
+            self.alerts.append(a)
+            if a.kind == "inherited-failure" and self.fix_on_blame:
+                # master was promoted on a partial (filtered) run and breaks a test: fix it
+                for c in sorted(self.hist.culprits):
+                    if f"t{c}" in self.hist.broken(self.hist.n - 1):
+                        self.append_fix(c)
+
+    def all_results(self):
+        for sha, rs in self.known.items():
+            for o, tests, failed, rid in rs:
+                yield (o, tests, failed, rid, sha)
+
+    def append_fix(self, culprit: int) -> None:
+        j = self.hist.n
+        self.hist.n += 1
+        self.hist.fixes[j] = culprit
+        self.shas.append(f"c{j:03d}")
+        self.send(self.staging_event())
+
+    def check_start(self, a: StartRun) -> None:
+        rs = [(o, t, f) for o, t, f, _ in self.known.get(a.commit, [])]
+        i = self.sha_index(a.commit)
+        assert i > self.master, f"testing an already promoted commit {a}"
+        assert not any(
+            o == "pass" and (t is None or (a.tests is not None and set(a.tests) <= set(t))) for o, t, f in rs
+        ), a
+        if a.tests is None and any(o == "fail" for o, _, _ in rs) and not any(o == "pass" for o, _, _ in rs):
+            # only the suspect is re-tested (confirmation), never a known-failing top
+            assert a.kind in ("confirm", "retry"), a
+        if a.kind == "confirm":
+            assert any(o == "fail" for o, _, _ in rs), a
+            parent = self.shas[i - 1] if i > 0 else None
+            assert (
+                parent is None
+                or i - 1 <= self.master
+                or any(
+                    o == "pass" or (o == "fail" and f and not set(f) & set(a.tests or ()))
+                    for o, _, f in [(o, t, f) for o, t, f, _ in self.known.get(parent, [])]
+                )
+            ), f"confirming {a.commit} before its parent passed"
+
+    def outcome(self, run: StartRun) -> tuple[str, tuple[str, ...]]:
+        i = self.sha_index(run.commit)
+        n = self.attempts.get(run.commit, 0)
+        self.attempts[run.commit] = n + 1
+        if (i, n) in self.hist.inconclusive:
+            return "inconclusive", ()
+        broken = self.hist.broken(i)
+        if run.tests is not None:
+            broken &= set(run.tests)
+        if not broken and (i, n) in self.hist.flaky:
+            return "fail", ("tflaky",)
+        return ("fail", tuple(sorted(broken))) if broken else ("pass", ())
+
+    def run(self, max_rounds: int = 400) -> None:
+        self.send(self.staging_event())
+        for p in range(self.k):
+            self.send(PoolAvailable(f"pool{p}"))
+        while self.runs:
+            self.rounds += 1
+            assert self.rounds <= max_rounds, "the gate does not converge"
+            batch = sorted(self.runs.values(), key=lambda r: int(r.run_id[1:]))
+            self.runs.clear()
+            for r in batch:
+                if r.run_id in self.cancelled:
+                    continue
+                outcome, failed = self.outcome(r)
+                if outcome != "inconclusive":
+                    self.known.setdefault(r.commit, []).append((outcome, r.tests, failed, r.run_id))
+                    if outcome == "fail" and self.first_fail_round is None:
+                        self.first_fail_round = self.rounds
+                self.send(RunFinished(r.run_id, outcome, failed))
+
+
+@st.composite
+def histories(draw, flakes: bool = True, inconclusive: bool = True, fixes: bool = True):
+    n = draw(st.integers(1, 64))
+    culprits = draw(st.sets(st.integers(0, n - 1), max_size=3))
+    fx: dict[int, int] = {}
+    if fixes:
+        for c in sorted(culprits):
+            if draw(st.booleans()) and c + 1 < n:
+                f = draw(st.integers(c + 1, n - 1))
+                if f not in culprits and f not in fx:
+                    fx[f] = c
+    pairs = st.tuples(st.integers(0, n + 8), st.integers(0, 3))
+    flaky = draw(st.sets(pairs, max_size=6)) if flakes else set()
+    # at most one spurious failure per commit: with confirmations >= 1 no innocent is blamed
+    seen: set[int] = set()
+    flaky = {(c, a) for c, a in sorted(flaky) if not (c in seen or seen.add(c))}
+    inc = draw(st.sets(pairs, max_size=6)) if inconclusive else set()
+    return History(n, culprits, fx, flaky, inc)
+
+
+configs = st.builds(
+    PolicyConfig,
+    confirmations=st.integers(1, 2),
+    max_inconclusive_retries=st.just(10),
+    bisect_failed_tests_only=st.booleans(),
+    speculate=st.booleans(),
+    culprit_action=st.sampled_from(["hold", "revert"]),
+)
+
+
+@FAST
+@given(histories(), st.integers(1, 4), configs, st.sampled_from([0, 7]))
+def test_invariants_on_random_histories(hist, k, cfg, restart_every):
+    d = Driver(hist, k, cfg, restart_every=restart_every)
+    d.run()
+    # every culprit was fixed on blame, so everything ends on master
+    assert d.master == d.hist.n - 1, (d.master, d.hist.n, d.blames, d.alerts)
+    assert not d.policy.view()["runs"]
+    assert len(set(d.blames)) == len(d.blames)  # each culprit blamed once
+
+
+@FAST
+@given(histories(flakes=False, inconclusive=False, fixes=False), st.integers(1, 4))
+def test_first_culprit_is_blamed_and_prefix_promoted(hist, k):
+    cfg = PolicyConfig(confirmations=1, speculate=False)
+    d = Driver(hist, k, cfg, fix_on_blame=False)
+    d.run()
+    if hist.culprits:
+        first = min(hist.culprits)
+        # the first failing commit first; masked later culprits are then hunted on their own tests
+        assert d.blames[0] == f"c{first:03d}"
+        assert {d.sha_index(b) for b in d.blames} == hist.culprits
+        assert d.master == first - 1
+        assert d.policy.view()["candidates"][0]["status"] == "culprit"
+    else:
+        assert d.blames == [] and d.master == hist.n - 1
+
+
+@FAST
+@given(st.integers(2, 64), st.integers(1, 4), st.data())
+def test_one_culprit_isolated_in_log_k_plus_1_rounds(n, k, data):
+    culprit = data.draw(st.integers(0, n - 1))
+    for confirmations in (0, 1):
+        cfg = PolicyConfig(confirmations=confirmations, speculate=False)
+        d = Driver(History(n, {culprit}), k, cfg, fix_on_blame=False)
+        d.run()
+        assert d.blames == [f"c{culprit:03d}"]
+        bisect_rounds = d.blame_round[d.blames[0]] - d.first_fail_round
+        bound = math.ceil(math.log(n) / math.log(k + 1) - 1e-9)
+        extra = math.ceil(confirmations / k) if confirmations else 0
+        assert bisect_rounds <= bound + extra, (n, k, culprit, bisect_rounds, bound)
+
+
+@FAST
+@given(histories(inconclusive=False, fixes=False), st.integers(1, 3))
+def test_flakes_are_recorded_not_blamed(hist, k):
+    d = Driver(hist, k, PolicyConfig(confirmations=1), fix_on_blame=False)
+    d.run()
+    for b in d.blames:
+        assert d.sha_index(b) in hist.culprits
+    for f in d.flakes:
+        assert f.tests == ("tflaky",)
+
+
+def test_inconclusive_never_blames_and_retries_are_bounded():
+    hist = History(4, set(), inconclusive={(3, a) for a in range(10)})
+    d = Driver(hist, 2, PolicyConfig(max_inconclusive_retries=2, speculate=False))
+    d.run()
+    assert d.blames == []
+    assert [a.kind for a in d.alerts] == ["retries-exhausted"]
+    assert d.attempts["c003"] == 3  # the first run and 2 retries
+    assert "c003" in d.alerts[0].message
+
+
+def test_retry_goes_to_another_pool():
+    p = GatePolicy(PolicyConfig(speculate=False))
+    p.handle(StagingUpdated("m", ("a", "b")))
+    (s1,) = p.handle(PoolAvailable("p1"))
+    p.handle(PoolAvailable("p2"))
+    acts = p.handle(RunFinished(s1.run_id, "inconclusive", reason="BMC 127.0.0.1:623 timed out"))
+    (retry,) = [a for a in acts if isinstance(a, StartRun)]
+    assert (retry.commit, retry.kind, retry.pool) == ("b", "retry", "p2")
+
+
+def test_staging_force_push_and_master_moved_alert_and_replan():
+    p = GatePolicy(PolicyConfig(speculate=False))
+    p.handle(StagingUpdated("m", ("a", "b", "c")))
+    (run,) = p.handle(PoolAvailable("p1"))
+    acts = p.handle(StagingUpdated("m", ("a", "x")))
+    assert [a.kind for a in acts if isinstance(a, Alert)] == ["staging-rewritten"]
+    assert CancelRun(run.run_id, "commit no longer a candidate") in acts
+    assert any(isinstance(a, StartRun) and a.commit == "x" for a in acts)
+    acts = p.handle(StagingUpdated("elsewhere", ("x",)))
+    assert [a.kind for a in acts if isinstance(a, Alert)] == ["master-moved"]
+    assert p.master == "elsewhere" and p.candidates == ["x"]
+
+
+def test_rejected_promotion_stops_promoting_until_replanned():
+    p = GatePolicy(PolicyConfig(speculate=False))
+    p.handle(StagingUpdated("m", ("a", "b")))
+    (run,) = p.handle(PoolAvailable("p1"))
+    assert Promote("b") in p.handle(RunFinished(run.run_id, "pass"))
+    acts = p.handle(Promoted("b", ok=False, reason="rejected: master moved"))
+    assert [a.kind for a in acts if isinstance(a, Alert)] == ["promotion-rejected"]
+    assert not any(isinstance(a, Promote) for a in acts)
+    acts = p.handle(StagingUpdated("m2", ("a", "b")))
+    assert [a.kind for a in acts if isinstance(a, Alert)] == ["master-moved"]
+    assert Promote("b") in acts  # b's pass is still valid on the new master's staging
+
+
+def test_state_round_trips_exactly_through_json():
+    p = GatePolicy(PolicyConfig())
+    p.handle(StagingUpdated("m", tuple(f"c{i}" for i in range(10)), {"c9": "Ann <a@x>"}))
+    for n in ("p1", "p2", "p3"):
+        p.handle(PoolAvailable(n))
+    p.handle(PoolUnavailable("p3", "quarantined"))
+    state = p.to_state()
+    assert json.loads(json.dumps(state)) == state
+    q = GatePolicy(PolicyConfig(), json.loads(json.dumps(state)))
+    assert q.to_state() == state and q.view() == p.view()
+    v = q.view()
+    assert {c["status"] for c in v["candidates"]} == {"untested", "testing"}
+    assert v["pools"]["p3"]["state"] == "unavailable"
+
+
+def test_speculation_uses_idle_pools_below_the_tip():
+    p = GatePolicy(PolicyConfig(speculate=True))
+    p.handle(StagingUpdated("m", tuple(f"c{i}" for i in range(9))))
+    starts = []
+    for n in ("p1", "p2", "p3"):
+        starts += [a for a in p.handle(PoolAvailable(n)) if isinstance(a, StartRun)]
+    assert [(a.commit, a.kind) for a in starts] == [("c8", "tip"), ("c4", "speculate"), ("c2", "speculate")]

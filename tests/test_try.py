@@ -1,0 +1,169 @@
+"""The try service with a real ``buildbot try`` client against a real master and worker.
+
+Good credentials are accepted and ``--wait`` reports the result, the submitter is mailed
+(real SMTP), bad credentials are refused, a patch that does not apply fails at checkout
+before anything else runs, ``buildbot reconfig`` works with try configured, and gate
+requests are served before try requests waiting for the same pool.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.support.procs import BIN, GitProject, make_deployment, run, simple_pool, wait_for
+from tests.support.smtp import SmtpServer
+
+SUITE = {"run-tests.sh": "#!/bin/sh\necho 'ran the suite'\nexit 0\n"}
+GOOD_PATCH = """\
+diff --git a/run-tests.sh b/run-tests.sh
+--- a/run-tests.sh
++++ b/run-tests.sh
+@@ -1,3 +1,3 @@
+ #!/bin/sh
+-echo 'ran the suite'
++echo 'ran the patched suite'
+ exit 0
+"""
+BAD_PATCH = """\
+diff --git a/run-tests.sh b/run-tests.sh
+--- a/run-tests.sh
++++ b/run-tests.sh
+@@ -1,3 +1,3 @@
+ #!/bin/sh
+-echo 'a line that is not there'
++echo 'never'
+ exit 0
+"""
+
+
+def try_client(dep, proj, patch_file, user="alice", password=None, extra=(), timeout=120):
+    """Run ``buildbot try``; returns (returncode or None if it hung and was killed, output)."""
+    m = dep.master
+    password = m.secrets[f"user-{user}"] if password is None else password
+    try_port = _try_port(dep)
+    argv = [
+        str(BIN / "buildbot"),
+        "try",
+        "--connect=pb",
+        f"--master=127.0.0.1:{try_port}",
+        f"--username={user}",
+        f"--passwd={password}",
+        "--vc=git",
+        "--branch=staging",
+        f"--baserev={proj.head('staging')}",
+        f"--diff={patch_file}",
+        "--patchlevel=1",
+        "--builder=try-bvt",
+        *extra,
+    ]
+    try:
+        p = subprocess.run(argv, cwd=proj.work, capture_output=True, text=True, timeout=timeout)
+        return p.returncode, p.stdout + p.stderr
+    except subprocess.TimeoutExpired as e:  # the 4.3 client hangs after a refused login
+        out = (e.stdout or b"") + (e.stderr or b"")
+        return None, out.decode(errors="replace") if isinstance(out, bytes) else out
+
+
+def _try_port(dep) -> int:
+    import yaml
+
+    return yaml.safe_load(dep.master.settings.read_text())["try"]["port"]
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    proj = GitProject.create(tmp_path / "repo", SUITE)
+    with SmtpServer() as smtp:
+        dep = make_deployment(
+            tmp_path / "qa",
+            str(proj.origin),
+            [simple_pool("pool1", 1)],
+            extra={"reporters": {"mail": {"relayhost": "127.0.0.1", "port": smtp.port, "to": ["qa@example.org"]}}},
+        )
+        dep.start()
+        try:
+            dep.wait_workers()
+            yield dep, proj, smtp
+        finally:
+            dep.stop()
+
+
+def _steps(m, build):
+    return {s["name"]: s for s in m.api(f"builds/{build['buildid']}/steps")["steps"]}
+
+
+def test_try_accepts_refuses_fails_bad_patch_and_survives_reconfig(deployment, tmp_path):
+    dep, proj, smtp = deployment
+    m = dep.master
+    good, bad = tmp_path / "good.diff", tmp_path / "bad.diff"
+    good.write_text(GOOD_PATCH)
+    bad.write_text(BAD_PATCH)
+
+    # bad credentials: refused, nothing scheduled
+    rc, out = try_client(dep, proj, good, password="wrong-password", timeout=15)
+    assert rc != 0, out
+    assert "RemoteError" in out or "Unauthorized" in out, out
+    assert "invalid login from user 'alice'" in (m.basedir / "twistd.log").read_text()
+    assert m.api("buildsets")["buildsets"] == []
+
+    # good credentials: accepted, --wait reports the result, the patch was applied
+    rc, out = try_client(dep, proj, good, extra=["--wait", "--who=mallory"])
+    assert rc == 0, out
+    assert "try-bvt: success" in out, out
+    (build,) = m.wait_builds_finished(1)
+    assert build["results"] == 0
+    log = m.api(f"builds/{build['buildid']}/steps/bvt/logs/stdio/contents")["logchunks"][0]["content"]
+    assert "ran the patched suite" in log
+    props = m.api(f"builds/{build['buildid']}/properties")["properties"][0]
+    assert props["owner"][0] == "alice"  # the authenticated user, not --who
+    mail = smtp.inbox.wait(lambda msg: "try run" in msg["Subject"], what="the try submitter's mail")
+    assert "alice@example.org" in smtp.inbox.recipients_of(mail)
+    assert "success" in mail["Subject"]
+
+    # a patch that does not apply fails at checkout; nothing after it runs
+    rc, out = try_client(dep, proj, bad, extra=["--wait"])
+    assert "try-bvt: failure" in out, out
+    builds = m.wait_builds_finished(2)
+    failed = max(builds, key=lambda b: b["buildid"])
+    assert failed["results"] == 2, failed
+    steps = _steps(m, failed)
+    assert steps["checkout"]["results"] == 2
+    names = list(steps)
+    later = names[names.index("checkout") + 1 :]
+    assert all(steps[n]["started_at"] is None for n in later), steps
+
+    # reconfig with try configured: complete, not "partially applied"; try still logs in
+    log_before = len((m.basedir / "twistd.log").read_text())
+    r = run([str(BIN / "buildbot"), "reconfig", str(m.basedir)], env=m._env(), check=False, timeout=120)
+    tail = (m.basedir / "twistd.log").read_text()[log_before:]
+    assert r.returncode == 0, r.stdout + r.stderr + tail
+    assert "partially applied" not in tail and "already registered" not in tail, tail
+    assert "configuration update complete" in tail, tail
+    rc, out = try_client(dep, proj, good, extra=["--get-builder-names"])
+    assert rc == 0 and "try-bvt" in out, out
+
+
+def test_gate_requests_go_before_try_requests(tmp_path):
+    proj = GitProject.create(tmp_path / "repo", SUITE)
+    dep = make_deployment(tmp_path / "qa", str(proj.origin), [simple_pool("pool1", 1)])
+    dep.master.start()  # the pool's worker is not connected yet: both requests wait
+    try:
+        m = dep.master
+        builders = {b["name"]: b["builderid"] for b in m.api("builders")["builders"]}
+        for name in ("try-bvt", "gate-bvt"):  # the try request is older
+            status, body = m.rpc(
+                "forceschedulers/force",
+                "force",
+                {"builderid": str(builders[name]), "pool": "", "reason": name},
+                user="admin",
+            )
+            assert status == 200, body
+        wait_for(lambda: len(m.api("buildrequests?complete=false")["buildrequests"]) == 2, 10, "2 requests")
+        for w in dep.workers:
+            w.start()
+        builds = sorted(m.wait_builds_finished(2), key=lambda b: b["buildid"])
+        assert [b["builderid"] for b in builds] == [builders["gate-bvt"], builders["try-bvt"]]
+    finally:
+        dep.stop()
