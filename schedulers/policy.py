@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import heapq
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +114,17 @@ class GatePolicy:
 
     def handle(self, event: Event) -> list[Action]:
         """Apply one event; return the actions to perform, in order."""
+        return self.handle_all([event])
+
+    def handle_all(self, events: Iterable[Event]) -> list[Action]:
+        """Apply simultaneous events (e.g. runs that ended together), then plan once."""
         out: list[Action] = []
+        for event in events:
+            self._apply(event, out)
+        self._plan(out)
+        return out
+
+    def _apply(self, event: Event, out: list[Action]) -> None:
         if isinstance(event, StagingUpdated):
             self._on_staging(event, out)
         elif isinstance(event, RunFinished):
@@ -127,8 +138,6 @@ class GatePolicy:
             self._on_promoted(event, out)
         else:
             raise TypeError(f"unknown gate event {event!r}")
-        self._plan(out)
-        return out
 
     def to_state(self) -> dict:
         """A JSON-serialisable snapshot; ``GatePolicy(config, state)`` resumes from it exactly."""

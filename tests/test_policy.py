@@ -76,6 +76,7 @@ class Driver:
     first_fail_round: int | None = None
     runs_started: int = 0
     cancelled: set = field(default_factory=set)
+    simultaneous: bool = False  # a round's runs end together (one handle_all) or one by one
 
     def __post_init__(self):
         self.policy = GatePolicy(self.cfg)
@@ -89,9 +90,9 @@ class Driver:
         commits = tuple(self.shas[self.master + 1 :])
         return StagingUpdated(m, commits, {c: f"author-{c}" for c in commits})
 
-    def send(self, ev) -> None:
+    def send(self, ev, *more) -> None:
         self.events += 1
-        acts = self.policy.handle(ev)
+        acts = self.policy.handle_all([ev, *more])
         if self.restart_every and self.events % self.restart_every == 0:
             state = json.loads(json.dumps(self.policy.to_state()))
             assert state == self.policy.to_state()
@@ -200,6 +201,7 @@ class Driver:
             assert self.rounds <= max_rounds, "the gate does not converge"
             batch = sorted(self.runs.values(), key=lambda r: int(r.run_id[1:]))
             self.runs.clear()
+            finished = []
             for r in batch:
                 if r.run_id in self.cancelled:
                     continue
@@ -208,7 +210,12 @@ class Driver:
                     self.known.setdefault(r.commit, []).append((outcome, r.tests, failed, r.run_id))
                     if outcome == "fail" and self.first_fail_round is None:
                         self.first_fail_round = self.rounds
-                self.send(RunFinished(r.run_id, outcome, failed))
+                if self.simultaneous:
+                    finished.append(RunFinished(r.run_id, outcome, failed))
+                else:
+                    self.send(RunFinished(r.run_id, outcome, failed))
+            if finished:
+                self.send(*finished)
 
 
 @st.composite
@@ -242,9 +249,9 @@ configs = st.builds(
 
 
 @FAST
-@given(histories(), st.integers(1, 4), configs, st.sampled_from([0, 7]))
-def test_invariants_on_random_histories(hist, k, cfg, restart_every):
-    d = Driver(hist, k, cfg, restart_every=restart_every)
+@given(histories(), st.integers(1, 4), configs, st.sampled_from([0, 7]), st.booleans())
+def test_invariants_on_random_histories(hist, k, cfg, restart_every, simultaneous):
+    d = Driver(hist, k, cfg, restart_every=restart_every, simultaneous=simultaneous)
     d.run()
     # every culprit was fixed on blame, so everything ends on master
     assert d.master == d.hist.n - 1, (d.master, d.hist.n, d.blames, d.alerts)
@@ -275,7 +282,7 @@ def test_one_culprit_isolated_in_log_k_plus_1_rounds(n, k, data):
     culprit = data.draw(st.integers(0, n - 1))
     for confirmations in (0, 1):
         cfg = PolicyConfig(confirmations=confirmations, speculate=False)
-        d = Driver(History(n, {culprit}), k, cfg, fix_on_blame=False)
+        d = Driver(History(n, {culprit}), k, cfg, fix_on_blame=False, simultaneous=True)
         d.run()
         assert d.blames == [f"c{culprit:03d}"]
         bisect_rounds = d.blame_round[d.blames[0]] - d.first_fail_round

@@ -1,0 +1,157 @@
+"""git for the gate: list candidates, check ancestry, promote (plain push), revert.
+
+``candidates`` is a plain blocking function (one ``git log`` call, fast on 40,000 commits),
+used by the benchmark; the ``*_async`` functions run git through Buildbot's ``run_process``
+for the scheduler. Promotion is always a plain push of exactly the tested sha to master:
+never ``--force``; a rejected push is reported, never retried by rewriting.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+
+from twisted.internet import defer
+
+GIT_TIMEOUT = 300
+
+
+class GitError(Exception):
+    """A git command failed; the message names the command, the repository and git's error."""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    ok: bool
+    reason: str = ""  # when not ok: "rejected: master moved", git's error text
+
+
+def _log_args(master_ref: str, staging_ref: str) -> list[str]:
+    # NUL-separated "sha<TAB>author" records; first parent only, oldest first
+    return ["log", "--first-parent", "--reverse", "--format=%H%x09%an <%ae>%x00", f"{master_ref}..{staging_ref}"]
+
+
+def _parse_log(out: str) -> list[tuple[str, str]]:
+    result = []
+    for rec in out.split("\0"):
+        rec = rec.strip("\n")
+        if rec:
+            sha, _, author = rec.partition("\t")
+            result.append((sha, author))
+    return result
+
+
+def candidates(git_dir: str, master_ref: str, staging_ref: str) -> list[tuple[str, str]]:
+    """First-parent commits of staging after master, oldest first, as (sha, author)."""
+    p = subprocess.run(
+        ["git", "--git-dir", str(git_dir), *_log_args(master_ref, staging_ref)],
+        capture_output=True,
+        text=True,
+        timeout=GIT_TIMEOUT,
+    )
+    if p.returncode != 0:
+        raise GitError(f"git log {master_ref}..{staging_ref} in {git_dir} failed: {p.stderr.strip()}")
+    return _parse_log(p.stdout)
+
+
+async def _git(reactor, git_dir: str, *args: str, check: bool = True, env: dict | None = None):
+    from buildbot.util import runprocess
+
+    rc, out, err = await runprocess.run_process(
+        reactor,
+        ["git", "--git-dir", str(git_dir), *args],
+        env=env,
+        collect_stdout=True,
+        collect_stderr=True,
+        runtime_timeout=GIT_TIMEOUT,
+    )
+    out, err = out.decode(errors="replace"), err.decode(errors="replace")
+    if check and rc != 0:
+        raise GitError(f"git {args[0]} in {git_dir} failed ({rc}): {err.strip()}")
+    return rc, out, err
+
+
+def _d(coro) -> defer.Deferred:
+    return defer.ensureDeferred(coro)
+
+
+async def ensure_mirror(reactor, git_dir: str, url: str) -> None:
+    """A bare repository at ``git_dir`` with ``origin`` = ``url`` (created once)."""
+    import os
+
+    if not os.path.exists(os.path.join(git_dir, "HEAD")):
+        rc, _, err = await _git(reactor, git_dir, "init", "--bare", "-q", git_dir, check=False)
+        if rc != 0:
+            raise GitError(f"cannot create the gate's mirror {git_dir}: {err.strip()}")
+    rc, _, _ = await _git(reactor, git_dir, "remote", "get-url", "origin", check=False)
+    verb = "set-url" if rc == 0 else "add"
+    await _git(reactor, git_dir, "remote", verb, "origin", url)
+
+
+async def fetch(reactor, git_dir: str, master: str, staging: str) -> tuple[str, str]:
+    """Fetch master and staging from origin; return their shas."""
+    await _git(
+        reactor,
+        git_dir,
+        "fetch",
+        "-q",
+        "--prune",
+        "origin",
+        f"+refs/heads/{master}:refs/gate/master",
+        f"+refs/heads/{staging}:refs/gate/staging",
+    )
+    _, out, _ = await _git(reactor, git_dir, "rev-parse", "refs/gate/master", "refs/gate/staging")
+    m, s = out.split()
+    return m, s
+
+
+async def candidates_async(reactor, git_dir: str, master_ref: str, staging_ref: str) -> list[tuple[str, str]]:
+    _, out, _ = await _git(reactor, git_dir, *_log_args(master_ref, staging_ref))
+    return _parse_log(out)
+
+
+async def is_ancestor(reactor, git_dir: str, older: str, newer: str) -> bool:
+    rc, _, err = await _git(reactor, git_dir, "merge-base", "--is-ancestor", older, newer, check=False)
+    if rc not in (0, 1):
+        raise GitError(f"git merge-base --is-ancestor {older[:12]} {newer[:12]} failed: {err.strip()}")
+    return rc == 0
+
+
+async def push_master(reactor, git_dir: str, sha: str, master: str) -> PushResult:
+    """Plain (never forced) push of exactly ``sha`` to master."""
+    rc, _, err = await _git(reactor, git_dir, "push", "-q", "origin", f"{sha}:refs/heads/{master}", check=False)
+    if rc == 0:
+        return PushResult(True)
+    text = err.strip()
+    if "non-fast-forward" in text or "rejected" in text or "fetch first" in text:
+        return PushResult(False, f"rejected: master moved ({text.splitlines()[-1] if text else ''})")
+    return PushResult(False, text or f"git push exited {rc}")
+
+
+async def revert_on_staging(reactor, git_dir: str, culprit: str, staging: str, author: str) -> str:
+    """Commit a revert of ``culprit`` on top of staging (authored by the gate) and push it
+    (plain push). Returns the revert's sha. Uses a temporary worktree-free plumbing path."""
+    _, tip, _ = await _git(reactor, git_dir, "rev-parse", "refs/gate/staging")
+    tip = tip.strip()
+    _, parent, _ = await _git(reactor, git_dir, "rev-parse", f"{culprit}^")
+    # tree of the revert = merge-tree of (tip, parent) with base culprit
+    _, tree, _ = await _git(
+        reactor, git_dir, "merge-tree", "--write-tree", f"--merge-base={culprit}", tip, parent.strip()
+    )
+    name, _, email = author.partition(" <")
+    env = {
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email.rstrip(">"),
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email.rstrip(">"),
+        "PATH": "/usr/bin:/bin",
+    }
+    msg = f"Revert {culprit[:12]}\n\nThe qacloud gate blamed {culprit} for breaking the BVT.\n"
+    _, sha, _ = await _git(
+        reactor, git_dir, "commit-tree", tree.split()[0], "-p", tip, "-m", msg, env=env
+    )
+    sha = sha.strip()
+    rc, _, err = await _git(reactor, git_dir, "push", "-q", "origin", f"{sha}:refs/heads/{staging}", check=False)
+    if rc != 0:
+        raise GitError(f"pushing the revert of {culprit[:12]} to {staging} failed: {err.strip()}")
+    return sha
