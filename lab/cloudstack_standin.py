@@ -68,7 +68,9 @@ class CloudStackStandin:
 
     def answer(self, cmd: str, q: dict) -> dict | None:
         k = self.knobs
-        zones = [{"id": f"z{i}", "name": f"zone{i}", "networktype": "Advanced"} for i in range(1, k.zones + 1)]
+        zones = [
+            {"id": f"z{i}", "name": f"zone{i}", "networktype": "Advanced"} for i in range(1, k.zones + 1)
+        ]
         if cmd == "listZones":
             return {"count": len(zones), "zone": zones}
         if cmd == "listSystemVms":
@@ -82,8 +84,13 @@ class CloudStackStandin:
             return {"count": len(vms), "systemvm": vms}
         if cmd == "listTemplates":
             t = [
-                {"id": f"{z['id']}-builtin", "zoneid": z["id"], "templatetype": "BUILTIN",
-                 "name": "CentOS 5.5(64-bit) no GUI (KVM)", "isready": k.template_ready}
+                {
+                    "id": f"{z['id']}-builtin",
+                    "zoneid": z["id"],
+                    "templatetype": "BUILTIN",
+                    "name": "CentOS 5.5(64-bit) no GUI (KVM)",
+                    "isready": k.template_ready,
+                }
                 for z in zones
             ]
             return {"count": len(t), "template": t}

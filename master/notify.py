@@ -135,7 +135,7 @@ class GateNotifier(service.BuildbotService):
         msg.set_content(body)
         password = None
         if self.password_secret:
-            details = await self.master.secrets_manager.get(self.password_secret)
+            details = await self.master.namedServices["secrets"].get(self.password_secret)
             if details is None:
                 log.msg(
                     f"gate-notifier: cannot send {kind} mail: secret {self.password_secret!r} "

@@ -13,7 +13,7 @@ includes every candidate before it), so a pass at c_i justifies promoting c_1..c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 Outcome = Literal["pass", "fail", "inconclusive"]
 RunKind = Literal["tip", "bisect", "speculate", "confirm", "parent", "retry"]
@@ -71,7 +71,7 @@ class Promoted:
     now: float = 0.0
 
 
-Event = Union[StagingUpdated, RunFinished, PoolAvailable, PoolUnavailable, Promoted]
+Event = StagingUpdated | RunFinished | PoolAvailable | PoolUnavailable | Promoted
 
 
 # ---------------------------------------------------------------- actions (policy -> driver)
@@ -137,7 +137,7 @@ class Alert:
     message: str
 
 
-Action = Union[StartRun, CancelRun, Promote, Blame, RecordFlake, Revert, Alert]
+Action = StartRun | CancelRun | Promote | Blame | RecordFlake | Revert | Alert
 
 
 # ---------------------------------------------------------------- the view (policy -> UI)

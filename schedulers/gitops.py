@@ -11,8 +11,6 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from twisted.internet import defer
-
 GIT_TIMEOUT = 300
 
 
@@ -28,7 +26,13 @@ class PushResult:
 
 def _log_args(master_ref: str, staging_ref: str) -> list[str]:
     # NUL-separated "sha<TAB>author" records; first parent only, oldest first
-    return ["log", "--first-parent", "--reverse", "--format=%H%x09%an <%ae>%x00", f"{master_ref}..{staging_ref}"]
+    return [
+        "log",
+        "--first-parent",
+        "--reverse",
+        "--format=%H%x09%an <%ae>%x00",
+        f"{master_ref}..{staging_ref}",
+    ]
 
 
 def _parse_log(out: str) -> list[tuple[str, str]]:
@@ -54,12 +58,15 @@ def candidates(git_dir: str, master_ref: str, staging_ref: str) -> list[tuple[st
     return _parse_log(p.stdout)
 
 
-async def _git(reactor, git_dir: str, *args: str, check: bool = True, env: dict | None = None):
+async def _git(
+    reactor, git_dir: str | None, *args: str, check: bool = True, env: dict | None = None, cwd=None
+):
     from buildbot.util import runprocess
 
     rc, out, err = await runprocess.run_process(
         reactor,
-        ["git", "--git-dir", str(git_dir), *args],
+        ["git", *(["--git-dir", str(git_dir)] if git_dir else []), *args],
+        workdir=cwd,
         env=env,
         collect_stdout=True,
         collect_stderr=True,
@@ -67,12 +74,8 @@ async def _git(reactor, git_dir: str, *args: str, check: bool = True, env: dict 
     )
     out, err = out.decode(errors="replace"), err.decode(errors="replace")
     if check and rc != 0:
-        raise GitError(f"git {args[0]} in {git_dir} failed ({rc}): {err.strip()}")
+        raise GitError(f"git {args[0]} in {git_dir or cwd} failed ({rc}): {err.strip()}")
     return rc, out, err
-
-
-def _d(coro) -> defer.Deferred:
-    return defer.ensureDeferred(coro)
 
 
 async def ensure_mirror(reactor, git_dir: str, url: str) -> None:
@@ -119,7 +122,9 @@ async def is_ancestor(reactor, git_dir: str, older: str, newer: str) -> bool:
 
 async def push_master(reactor, git_dir: str, sha: str, master: str) -> PushResult:
     """Plain (never forced) push of exactly ``sha`` to master."""
-    rc, _, err = await _git(reactor, git_dir, "push", "-q", "origin", f"{sha}:refs/heads/{master}", check=False)
+    rc, _, err = await _git(
+        reactor, git_dir, "push", "-q", "origin", f"{sha}:refs/heads/{master}", check=False
+    )
     if rc == 0:
         return PushResult(True)
     text = err.strip()
@@ -129,29 +134,31 @@ async def push_master(reactor, git_dir: str, sha: str, master: str) -> PushResul
 
 
 async def revert_on_staging(reactor, git_dir: str, culprit: str, staging: str, author: str) -> str:
-    """Commit a revert of ``culprit`` on top of staging (authored by the gate) and push it
-    (plain push). Returns the revert's sha. Uses a temporary worktree-free plumbing path."""
+    """Commit a revert of ``culprit`` on top of the fetched staging (authored by the gate) in
+    a temporary worktree of the mirror, and push it to staging (plain push). Returns its sha."""
+    import os
+    import shutil
+    import tempfile
+
     _, tip, _ = await _git(reactor, git_dir, "rev-parse", "refs/gate/staging")
-    tip = tip.strip()
-    _, parent, _ = await _git(reactor, git_dir, "rev-parse", f"{culprit}^")
-    # tree of the revert = merge-tree of (tip, parent) with base culprit
-    _, tree, _ = await _git(
-        reactor, git_dir, "merge-tree", "--write-tree", f"--merge-base={culprit}", tip, parent.strip()
-    )
     name, _, email = author.partition(" <")
-    env = {
-        "GIT_AUTHOR_NAME": name,
-        "GIT_AUTHOR_EMAIL": email.rstrip(">"),
-        "GIT_COMMITTER_NAME": name,
-        "GIT_COMMITTER_EMAIL": email.rstrip(">"),
-        "PATH": "/usr/bin:/bin",
-    }
-    msg = f"Revert {culprit[:12]}\n\nThe qacloud gate blamed {culprit} for breaking the BVT.\n"
-    _, sha, _ = await _git(
-        reactor, git_dir, "commit-tree", tree.split()[0], "-p", tip, "-m", msg, env=env
+    ident = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email.rstrip(">")}
+    ident |= {"GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email.rstrip(">")}
+    env = {**os.environ, **ident}
+    wt = tempfile.mkdtemp(prefix="gate-revert-")
+    try:
+        await _git(reactor, git_dir, "worktree", "add", "-q", "--detach", wt, tip.strip())
+        msg = f"Revert {culprit[:12]}: blamed by the qacloud gate for breaking the BVT"
+        await _git(reactor, None, "revert", "--no-edit", culprit, env=env, cwd=wt)
+        await _git(reactor, None, "commit", "--amend", "-q", "-m", msg, env=env, cwd=wt)
+        _, sha, _ = await _git(reactor, None, "rev-parse", "HEAD", cwd=wt)
+        sha = sha.strip()
+    finally:
+        await _git(reactor, git_dir, "worktree", "remove", "--force", wt, check=False)
+        shutil.rmtree(wt, ignore_errors=True)
+    rc, _, err = await _git(
+        reactor, git_dir, "push", "-q", "origin", f"{sha}:refs/heads/{staging}", check=False
     )
-    sha = sha.strip()
-    rc, _, err = await _git(reactor, git_dir, "push", "-q", "origin", f"{sha}:refs/heads/{staging}", check=False)
     if rc != 0:
         raise GitError(f"pushing the revert of {culprit[:12]} to {staging} failed: {err.strip()}")
     return sha

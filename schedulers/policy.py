@@ -740,3 +740,15 @@ class GatePolicy:
             if not free:
                 break
             self._start(cand[p], free.pop(0), kind, tests, out)
+
+
+def config_from_settings(gate: Any, observed_flake_rate: float | None = None) -> PolicyConfig:
+    """``PolicyConfig`` from ``Settings.gate`` (master/settings.py ``Gate``); confirmations
+    follow the observed flake rate when ``gate.confirm_runs`` is not fixed."""
+    return PolicyConfig(
+        confirmations=gate.confirmations(observed_flake_rate),
+        max_inconclusive_retries=gate.max_inconclusive_retries,
+        bisect_failed_tests_only=gate.bisect_failed_tests_only,
+        speculate=gate.speculate,
+        culprit_action=gate.culprit_action,
+    )

@@ -28,14 +28,19 @@ from steps import cloudstack_health
 
 HV_NAMES = {"kvm": "KVM", "xenserver": "XenServer", "vmware": "VMware"}
 # traffic labels per hypervisor: (management/public, guest)
-HV_LABELS = {"kvm": ("cloudbr0", "cloudbr1"), "xenserver": ("xenbr0", "xenbr1"), "vmware": ("vSwitch0", "vSwitch1")}
+HV_LABELS = {
+    "kvm": ("cloudbr0", "cloudbr1"),
+    "xenserver": ("xenbr0", "xenbr1"),
+    "vmware": ("vSwitch0", "vSwitch1"),
+}
 TEMPLATE_EXT = {"kvm": "kvm.qcow2.bz2", "xenserver": "xen.vhd.bz2", "vmware": "vmware.ova"}
 INTEGRATION_PORT = 8096
 MARVIN_CONFIG = "marvin.cfg"
 INSTALL_SYS_TMPLT = "/usr/share/cloudstack-common/scripts/storage/secondary/cloud-install-sys-tmplt"
 # Maven/network trouble while building: the lab's fault, not the commit's
 BUILD_INFRA = re.compile(
-    r"Could not transfer artifact|Could not resolve host|Connection (refused|timed out)|No space left on device"
+    r"Could not transfer artifact|Could not resolve host|Connection (refused|timed out)"
+    r"|No space left on device"
     r"|Temporary failure in name resolution"
 )
 
@@ -58,14 +63,15 @@ def latest_from_index(index_text: str) -> str:
     """The newest ``X.Y[.Z]`` release directory in a template index page (download.cloudstack.org)."""
     found = set(re.findall(r'href="?/?(\d+\.\d+(?:\.\d+)*)/', index_text))
     if not found:
-        raise ValueError("the template index lists no version directories (href=\"X.Y/\")")
+        raise ValueError('the template index lists no version directories (href="X.Y/")')
     return max(found, key=lambda v: tuple(int(x) for x in v.split(".")))
 
 
 def template_url(base: str, version: str, hypervisor: str) -> str:
     """``<base>/<X.Y>/systemvmtemplate-<X.Y.Z>-x86_64-<hv ext>`` (notes/cloudstack.md §5.3)."""
-    parts = (version.split(".") + ["0", "0"])[:3]
-    return f"{base.rstrip('/')}/{'.'.join(parts[:2])}/systemvmtemplate-{'.'.join(parts)}-x86_64-{TEMPLATE_EXT[hypervisor]}"
+    parts = [*version.split("."), "0", "0"][:3]
+    name = f"systemvmtemplate-{'.'.join(parts)}-x86_64-{TEMPLATE_EXT[hypervisor]}"
+    return f"{base.rstrip('/')}/{'.'.join(parts[:2])}/{name}"
 
 
 def qavm_ip(pool: Pool) -> str:
@@ -92,8 +98,9 @@ def primary_hypervisor(pool: Pool) -> str:
     return next(h for h in ("kvm", "xenserver", "vmware") if h in pool.hypervisor_types)
 
 
-def marvin_config(pool: Pool, host_password: str, vcenter_password: str | None = None,
-                  log_folder: str = "marvin-results") -> dict:
+def marvin_config(
+    pool: Pool, host_password: str, vcenter_password: str | None = None, log_folder: str = "marvin-results"
+) -> dict:
     """Marvin's deployment configuration (deployDataCenter / --marvin-config) for a pool.
 
     One Advanced zone, one pod, one cluster per hypervisor type (KVM, XenServer/XCP-ng,
@@ -116,14 +123,20 @@ def marvin_config(pool: Pool, host_password: str, vcenter_password: str | None =
             "clustertype": "ExternalManaged" if hv == "vmware" else "CloudManaged",
             "hosts": [
                 {"url": f"http://{h.ip}", "username": "root", "password": host_password}
-                for h in pool.hypervisors if h.hypervisor == hv
+                for h in pool.hypervisors
+                if h.hypervisor == hv
             ],
-            "primaryStorages": [{"name": f"{name}-primary", "url": _nfs(pool.storage.primary, name), "details": []}],
+            "primaryStorages": [
+                {"name": f"{name}-primary", "url": _nfs(pool.storage.primary, name), "details": []}
+            ],
         }
         if hv == "vmware" and pool.vcenter:
             vc = pool.vcenter
-            c.update(url=f"http://{vc.address}/{vc.datacenter}/{vc.cluster}", username=vc.username,
-                     password=vcenter_password or "")
+            c.update(
+                url=f"http://{vc.address}/{vc.datacenter}/{vc.cluster}",
+                username=vc.username,
+                password=vcenter_password or "",
+            )
         clusters.append(c)
     zone: dict = {
         "name": f"{pool.name}-zone",
@@ -134,8 +147,15 @@ def marvin_config(pool: Pool, host_password: str, vcenter_password: str | None =
         "internaldns1": qavm_ip(pool),
         "guestcidraddress": "10.1.1.0/24",
         "domain": f"{pool.name}.qacloud",
-        "ipranges": [{"startip": pub_start, "endip": pub_end, "netmask": netmask, "gateway": net.gateway,
-                      "vlan": "untagged"}],
+        "ipranges": [
+            {
+                "startip": pub_start,
+                "endip": pub_end,
+                "netmask": netmask,
+                "gateway": net.gateway,
+                "vlan": "untagged",
+            }
+        ],
         "physical_networks": [
             {
                 "name": f"{pool.name}-physnet",
@@ -153,25 +173,60 @@ def marvin_config(pool: Pool, host_password: str, vcenter_password: str | None =
                 ],
             }
         ],
-        "pods": [{"name": f"{pool.name}-pod", "gateway": net.gateway, "netmask": netmask, "startip": pod_start,
-                  "endip": pod_end, "clusters": clusters}],
+        "pods": [
+            {
+                "name": f"{pool.name}-pod",
+                "gateway": net.gateway,
+                "netmask": netmask,
+                "startip": pod_start,
+                "endip": pod_end,
+                "clusters": clusters,
+            }
+        ],
         "secondaryStorages": [{"url": _nfs(pool.storage.secondary), "provider": "NFS", "details": []}],
     }
     if pool.vcenter and "vmware" in pool.hypervisor_types:
         vc = pool.vcenter
-        zone["vmwaredc"] = {"name": vc.datacenter, "vcenter": vc.address, "username": vc.username,
-                            "password": vcenter_password or ""}
+        zone["vmwaredc"] = {
+            "name": vc.datacenter,
+            "vcenter": vc.address,
+            "username": vc.username,
+            "password": vcenter_password or "",
+        }
     return {
         "zones": [zone],
-        "mgtSvr": [{"mgtSvrIp": pool.management.ip, "port": INTEGRATION_PORT, "user": "root",
-                    "passwd": host_password, "hypervisor": primary_hypervisor(pool), "useHttps": "False",
-                    "certCAPath": "NA", "certPath": "NA"}],
+        "mgtSvr": [
+            {
+                "mgtSvrIp": pool.management.ip,
+                "port": INTEGRATION_PORT,
+                "user": "root",
+                "passwd": host_password,
+                "hypervisor": primary_hypervisor(pool),
+                "useHttps": "False",
+                "certCAPath": "NA",
+                "certPath": "NA",
+            }
+        ],
         # CloudStack's stock database account, created by puppet (cloudstack-setup-databases)
-        "dbSvr": {"dbSvr": pool.management.ip, "port": 3306, "user": "cloud", "passwd": "cloud", "db": "cloud"},
-        "globalConfig": [{"name": k, "value": v} for k, v in (
-            ("expunge.delay", "60"), ("expunge.interval", "60"), ("network.gc.interval", "60"),
-            ("network.gc.wait", "60"), ("storage.cleanup.interval", "300"), ("vm.op.wait.interval", "5"),
-            ("default.page.size", "10000"))],
+        "dbSvr": {
+            "dbSvr": pool.management.ip,
+            "port": 3306,
+            "user": "cloud",
+            "passwd": "cloud",
+            "db": "cloud",
+        },
+        "globalConfig": [
+            {"name": k, "value": v}
+            for k, v in (
+                ("expunge.delay", "60"),
+                ("expunge.interval", "60"),
+                ("network.gc.interval", "60"),
+                ("network.gc.wait", "60"),
+                ("storage.cleanup.interval", "300"),
+                ("vm.op.wait.interval", "5"),
+                ("default.page.size", "10000"),
+            )
+        ],
         "logger": {"LogFolderPath": log_folder},
     }
 
@@ -209,7 +264,7 @@ def _infra(step: buildstep.BuildStep, reason: str) -> int:
 class PoolFacts(buildstep.BuildStep):
     """Sets ``mgmt_ip``, ``marvin_zone``, ``marvin_hypervisor`` from the inventory pool."""
 
-    name = "pool facts"
+    name = "pool-facts"
 
     def __init__(self, inventory: Inventory, **kwargs):
         self.inventory = inventory
@@ -249,7 +304,7 @@ class BuildCloudStack(_ShellStep):
     only once ``.complete`` exists; ``<package_repo>/current`` points to the entry in use.
     """
 
-    name = "build cloudstack"
+    name = "build-cloudstack"
 
     def __init__(self, settings: Settings, distro: str = "el8", **kwargs):
         self.cache = settings.bvt.build_cache.rstrip("/")
@@ -286,7 +341,9 @@ class BuildCloudStack(_ShellStep):
             cmd = await self._sh(argv)
             if cmd.rc != 0:
                 if self._network_trouble:
-                    return _infra(self, f"build cloudstack: network/disk trouble: {self._network_trouble[-1]}")
+                    return _infra(
+                        self, f"build cloudstack: network/disk trouble: {self._network_trouble[-1]}"
+                    )
                 self.setProperty("failed_tests", ["(build)"], self.name)
                 self.descriptionDone = [f"{argv[0]} failed (exit {cmd.rc})"]
                 return FAILURE
@@ -327,10 +384,13 @@ class PrepareStorage(_ShellStep):
         if want == "latest":
             if not self.bvt.template_index_url:
                 raise _StorageError("bvt.systemvm_template is 'latest' but bvt.template_index_url is not set")
-            cmd = await self._sh(["curl", "-fsSL", "--max-time", "60", self.bvt.template_index_url],
-                                 log=None, collect=True)
+            cmd = await self._sh(
+                ["curl", "-fsSL", "--max-time", "60", self.bvt.template_index_url], log=None, collect=True
+            )
             if cmd.rc != 0:
-                raise _StorageError(f"template index {self.bvt.template_index_url} unreachable (curl exit {cmd.rc})")
+                raise _StorageError(
+                    f"template index {self.bvt.template_index_url} unreachable (curl exit {cmd.rc})"
+                )
             return latest_from_index(cmd.stdout)
         cmd = await self._sh(["cat", "pom.xml"], log=None, collect=True)
         if cmd.rc != 0:
@@ -346,21 +406,27 @@ class PrepareStorage(_ShellStep):
         primary = urlsplit(pool.storage.primary).path
         cmd = await self._sh(["sh", "-c", f"mkdir -p {primary} && find {primary} -mindepth 1 -delete"])
         if cmd.rc != 0:
-            return _infra(self, f"storage: wiping primary storage {pool.storage.primary} failed (exit {cmd.rc})")
+            return _infra(
+                self, f"storage: wiping primary storage {pool.storage.primary} failed (exit {cmd.rc})"
+            )
         secondary = pool.storage.secondary.replace("nfs://", "").replace("/", ":/", 1)
         for hv in pool.hypervisor_types:
             url = template_url(self.bvt.template_base_url, version, hv)
             remote = (
                 f"set -e; mkdir -p /mnt/secondary; mount -t nfs {secondary} /mnt/secondary; "
-                f"trap 'umount /mnt/secondary' EXIT; {INSTALL_SYS_TMPLT} -m /mnt/secondary -u {url} -h {hv} -F"
+                f"trap 'umount /mnt/secondary' EXIT; "
+                f"{INSTALL_SYS_TMPLT} -m /mnt/secondary -u {url} -h {hv} -F"
             )
             cmd = await self._sh(["ssh", "-o", "BatchMode=yes", f"root@{pool.management.ip}", remote])
             if cmd.rc != 0:
                 return _infra(
-                    self, f"storage: seeding the {hv} systemvm template {version} on {pool.management.name} "
-                    f"({pool.management.ip}) failed (exit {cmd.rc})"
+                    self,
+                    f"storage: seeding the {hv} systemvm template {version} on {pool.management.name} "
+                    f"({pool.management.ip}) failed (exit {cmd.rc})",
                 )
-        self.descriptionDone = [f"primary wiped, systemvm {version} seeded for {', '.join(pool.hypervisor_types)}"]
+        self.descriptionDone = [
+            f"primary wiped, systemvm {version} seeded for {', '.join(pool.hypervisor_types)}"
+        ]
         return SUCCESS
 
 
@@ -368,22 +434,44 @@ class _StorageError(Exception):
     pass
 
 
+class InstallMarvin(_ShellStep):
+    """pip-installs the Marvin sdist built from this commit (never PyPI's unrelated ``marvin``)."""
+
+    name = "install-marvin"
+
+    def __init__(self, settings: Settings, **kwargs):
+        self.repo = settings.bvt.package_repo.rstrip("/")
+        super().__init__(**kwargs)
+
+    async def run(self) -> int:
+        sdist = f"{self.repo}/current/[mM]arvin-*.tar.gz"
+        cmd = await self._sh(["sh", "-c", f"python3 -m pip install --quiet --force-reinstall {sdist}"])
+        if cmd.rc != 0:
+            return _infra(self, f"install-marvin: pip could not install {sdist} (exit {cmd.rc})")
+        self.descriptionDone = ["Marvin installed from this commit"]
+        return SUCCESS
+
+
 class DeployZone(_ShellStep):
     """Marvin's deployDataCenter with the generated config; its exit status is checked
     (upstream CI ignores it with ``|| true``). A failure is an infrastructure failure."""
 
-    name = "deploy zone"
+    name = "deploy-zone"
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("command", ["python3", "-m", "marvin.deployDataCenter", "-i", MARVIN_CONFIG,
-                                      "-l", "marvin-deploy"])
+        kwargs.setdefault(
+            "command",
+            ["python3", "-m", "marvin.deployDataCenter", "-i", MARVIN_CONFIG, "-l", "marvin-deploy"],
+        )
         super().__init__(**kwargs)
 
     async def run(self) -> int:
         cmd = await self._sh(self.command)
         if cmd.rc != 0:
-            return _infra(self, f"zone deployment failed: deployDataCenter exited {cmd.rc} "
-                                f"(pool {self.getProperty('pool')})")
+            return _infra(
+                self,
+                f"zone deployment failed: deployDataCenter exited {cmd.rc} (pool {self.getProperty('pool')})",
+            )
         self.descriptionDone = ["zone deployed"]
         return SUCCESS
 
@@ -392,7 +480,7 @@ class HealthCheck(_ShellStep):
     """System VMs Running and the built-in template Ready, polled through the API with a
     timeout (steps/cloudstack_health.py, copied to the QA VM by the step before)."""
 
-    name = "health check"
+    name = "health-check"
 
     def __init__(self, timeout_s: int = 1800, url=None, script: str = "qacloud-health.py", **kwargs):
         self.url = url or util.Interpolate(f"http://%(prop:mgmt_ip)s:{INTEGRATION_PORT}/client/api")
@@ -434,16 +522,32 @@ def cloudstack_steps(settings: Settings, inventory: Inventory) -> list:
         BuildCloudStack(settings, haltOnFailure=True, timeout=3600),
         *puppet_steps(settings, inventory),
         PrepareStorage(settings, inventory, haltOnFailure=True, doStepIf=skip_storage),
-        steps.StringDownload(MarvinConfigJson(inventory, settings), workerdest=MARVIN_CONFIG, mode=0o600,
-                             name="marvin config", haltOnFailure=True),
+        steps.StringDownload(
+            MarvinConfigJson(inventory, settings),
+            workerdest=MARVIN_CONFIG,
+            mode=0o600,
+            name="marvin-config",
+            haltOnFailure=True,
+        ),
+        InstallMarvin(settings, haltOnFailure=True),
         DeployZone(haltOnFailure=True, timeout=3600),
-        steps.StringDownload(health_script(), workerdest="qacloud-health.py", name="health script",
-                             haltOnFailure=True),
+        steps.StringDownload(
+            health_script(), workerdest="qacloud-health.py", name="health-script", haltOnFailure=True
+        ),
         HealthCheck(timeout_s=settings.bvt.health_timeout, haltOnFailure=True),
     ]
 
 
 __all__ = [
-    "BuildCloudStack", "DeployZone", "HealthCheck", "MarvinConfigJson", "PoolFacts", "PrepareStorage",
-    "cloudstack_steps", "latest_from_index", "marvin_config", "systemvm_version_from_pom", "template_url",
+    "BuildCloudStack",
+    "DeployZone",
+    "HealthCheck",
+    "MarvinConfigJson",
+    "PoolFacts",
+    "PrepareStorage",
+    "cloudstack_steps",
+    "latest_from_index",
+    "marvin_config",
+    "systemvm_version_from_pom",
+    "template_url",
 ]

@@ -34,8 +34,11 @@ def judge(system_vms: list[dict], templates: list[dict], zones: list[dict]) -> l
             if "Running" not in states:
                 problems.append(f"zone {z.get('name')}: {kind} not Running (states: {states or 'none'})")
         ready = [
-            t for t in templates
-            if t.get("templatetype") == "BUILTIN" and t.get("isready") and t.get("zoneid") in (None, z.get("id"))
+            t
+            for t in templates
+            if t.get("templatetype") == "BUILTIN"
+            and t.get("isready")
+            and t.get("zoneid") in (None, z.get("id"))
         ]
         if not ready:
             problems.append(f"zone {z.get('name')}: no BUILTIN template is Ready")

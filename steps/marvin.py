@@ -122,8 +122,11 @@ class TestResultRecorder:
             await self.addHTMLLog("failures", self.build.properties.cleanupTextFromSecrets(page))
         if reasons:
             self._infra_reason = reasons[0] + (f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else "")
-            self.setProperty("infra_failure", self.build.properties.cleanupTextFromSecrets(
-                "; ".join(reasons[:5])), self.name)
+            self.setProperty(
+                "infra_failure",
+                self.build.properties.cleanupTextFromSecrets("; ".join(reasons[:5])),
+                self.name,
+            )
             return FAILURE
         return FAILURE if failed else SUCCESS
 
@@ -213,9 +216,7 @@ class RunMarvin(TestResultRecorder, buildstep.ShellMixin, buildstep.BuildStep):
     async def _count(self, selection: list[tuple[str, list[str]]]) -> int | None:
         xunit = f"{self.results_dir}/collect-only.xml"
         targets = [t for _, ts in selection for t in ts]
-        rc, _ = await self._shell(
-            self._nose_args(xunit, ["--collect-only", *targets]), log="collect tests"
-        )
+        rc, _ = await self._shell(self._nose_args(xunit, ["--collect-only", *targets]), log="collect tests")
         rc, text = await self._shell(["cat", xunit])
         if rc != 0:
             return None
@@ -261,8 +262,18 @@ class RunMarvin(TestResultRecorder, buildstep.ShellMixin, buildstep.BuildStep):
         if not host or not self.mgmt_log:
             return
         rc, text = await self._shell(
-            ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", f"root@{host}",
-             "tail", "-n", "20000", self.mgmt_log]
+            [
+                "ssh",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=20",
+                f"root@{host}",
+                "tail",
+                "-n",
+                "20000",
+                self.mgmt_log,
+            ]
         )
         note = "" if rc == 0 else f"(could not fetch {self.mgmt_log} from {host}: exit {rc})\n"
         await self.addCompleteLog(
@@ -328,9 +339,9 @@ async def recorded_durations(master, builder_name: str, sets: int = 20) -> dict[
         per_file: dict[str, float] = {}
         for t in await master.data.get(("test_result_sets", r["test_result_setid"], "results")):
             if t.get("test_code_path"):
-                per_file[t["test_code_path"]] = per_file.get(t["test_code_path"], 0.0) + (
-                    t.get("duration_ns") or 0
-                ) / 1e9
+                per_file[t["test_code_path"]] = (
+                    per_file.get(t["test_code_path"], 0.0) + (t.get("duration_ns") or 0) / 1e9
+                )
         durations.update(per_file)
     return durations
 

@@ -54,19 +54,28 @@ def facts_env(pool: Pool) -> dict[str, str]:
 class PuppetApply(buildstep.ShellMixin, buildstep.BuildStep):
     """Copy a role's manifest to each of the pool's hosts in that role and apply it."""
 
-    def __init__(self, role: str, inventory: Inventory, manifest_dir: str = "qacloud-puppet",
-                 ssh: list[str] | None = None, **kwargs):
+    def __init__(
+        self,
+        role: str,
+        inventory: Inventory,
+        manifest_dir: str = "qacloud-puppet",
+        ssh: list[str] | None = None,
+        **kwargs,
+    ):
         self.role = role
         self.inventory = inventory
         self.manifest_dir = manifest_dir
         self.ssh = list(ssh or ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=30"])
-        kwargs.setdefault("name", f"puppet {role}")
+        kwargs.setdefault("name", f"puppet-{role}")
         kwargs.setdefault("command", ["true"])
         kwargs = self.setupShellMixin(kwargs)
         super().__init__(**kwargs)
 
     async def run(self) -> int:
-        pool = self.inventory.pool(self.getProperty("pool"))
+        try:
+            pool = self.inventory.pool(self.getProperty("pool"))
+        except KeyError as e:
+            return self._infra(f"puppet {self.role}: {str(e).strip(chr(39))}")
         hosts = role_hosts(pool, self.role)
         if not hosts:
             self.descriptionDone = [f"no {self.role} hosts in {pool.name}"]
@@ -76,17 +85,27 @@ class PuppetApply(buildstep.ShellMixin, buildstep.BuildStep):
         for h in hosts:
             target = f"root@{h.ip}"
             port = ["-p", str(h.ssh_port)] if h.ssh_port != 22 else []
-            copy = ["sh", "-c", f"{shlex.join(self.ssh + port)} {target} 'cat > {remote}' "
-                                f"< {self.manifest_dir}/{self.role}.pp"]
+            copy = [
+                "sh",
+                "-c",
+                f"{shlex.join(self.ssh + port)} {target} 'cat > {remote}' "
+                f"< {self.manifest_dir}/{self.role}.pp",
+            ]
             cmd = await self.makeRemoteShellCommand(command=copy, stdioLogName=f"{h.name}")
             await self.runCommand(cmd)
             if cmd.rc != 0:
-                return self._infra(f"puppet {self.role}: cannot copy the manifest to {h.name} ({h.ip}): "
-                                   f"ssh exit {cmd.rc}")
-            apply = [*self.ssh, *port, target,
-                     f"{env} puppet apply --detailed-exitcodes --color=false {remote}"]
-            cmd = await self.makeRemoteShellCommand(command=apply, stdioLogName=f"{h.name}", collectStdout=True,
-                                                    collectStderr=True)
+                return self._infra(
+                    f"puppet {self.role}: cannot copy the manifest to {h.name} ({h.ip}): ssh exit {cmd.rc}"
+                )
+            apply = [
+                *self.ssh,
+                *port,
+                target,
+                f"{env} puppet apply --detailed-exitcodes --color=false {remote}",
+            ]
+            cmd = await self.makeRemoteShellCommand(
+                command=apply, stdioLogName=f"{h.name}", collectStdout=True, collectStderr=True
+            )
             await self.runCommand(cmd)
             if cmd.rc not in (0, 2):
                 failed = failed_resources(f"{cmd.stdout}\n{cmd.stderr}")
@@ -110,7 +129,7 @@ def puppet_steps(settings: Settings, inventory: Inventory) -> list:
             steps.StringDownload(
                 Path(PUPPET_DIR / f"{role}.pp").read_text(),
                 workerdest=f"qacloud-puppet/{role}.pp",
-                name=f"manifest {role}",
+                name=f"manifest-{role}",
                 hideStepIf=lambda results, step: results == SUCCESS,
                 haltOnFailure=True,
             )

@@ -139,7 +139,7 @@ _UT_STATUS = re.compile(r"^(ok|FAIL|ERROR|skipped\b.*|SKIP\b.*|expected failure|
 
 
 def _ut_status(word: str) -> str:
-    if word == "ok" or word == "expected failure":
+    if word in {"ok", "expected failure"}:
         return "pass"
     if word.startswith(("skipped", "SKIP")):
         return "skip"
@@ -268,17 +268,25 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------- presentation
 
 
-def summary_text(done: int, total: int | None, failed: int, skipped: int, intermittent: int, infra: int) -> str:
+def summary_text(
+    done: int, total: int | None, failed: int, skipped: int, intermittent: int, infra: int
+) -> str:
     """The live step summary, e.g. ``41/120 tests, 1 failed``."""
     s = f"{done}/{total} tests" if total else f"{done} tests"
-    for n, word in ((failed, "failed"), (skipped, "skipped"), (intermittent, "intermittent"),
-                    (infra, "set-up errors")):
+    for n, word in (
+        (failed, "failed"),
+        (skipped, "skipped"),
+        (intermittent, "intermittent"),
+        (infra, "set-up errors"),
+    ):
         if n:
             s += f", {n} {word}"
     return s
 
 
-def failures_html(failed: list[TestOutcome], infra: list[TestOutcome], intermittent: list[TestOutcome]) -> str:
+def failures_html(
+    failed: list[TestOutcome], infra: list[TestOutcome], intermittent: list[TestOutcome]
+) -> str:
     """An HTML page of what went wrong, for ``addHTMLLog``."""
 
     def section(title: str, rows: list[TestOutcome], note: str) -> str:
@@ -291,11 +299,14 @@ def failures_html(failed: list[TestOutcome], infra: list[TestOutcome], intermitt
         )
         return (
             f"<h3>{html.escape(title)} ({len(rows)})</h3><p>{html.escape(note)}</p>"
-            f"<table border='1' cellpadding='4'><tr><th>test</th><th>message</th><th>detail</th></tr>{body}</table>"
+            "<table border='1' cellpadding='4'><tr><th>test</th><th>message</th><th>detail</th></tr>"
+            f"{body}</table>"
         )
 
     parts = [
-        section("Failed tests", failed, "Failed on the first run and on the re-run: evidence against the commit."),
+        section(
+            "Failed tests", failed, "Failed on the first run and on the re-run: evidence against the commit."
+        ),
         section("Set-up errors (infrastructure)", infra, "Not counted against the commit."),
         section("Intermittent", intermittent, "Failed once, passed when the file was re-run."),
     ]

@@ -30,7 +30,13 @@ STANDIN = {"PYTHONPATH": str(FIXTURES / "standin")}
 def marvin_config(root: Path) -> str:
     """A minimal Marvin config whose management server port is closed (nobody listens)."""
     cfg = {
-        "zones": [{"name": "z1", "networktype": "Advanced", "pods": [{"clusters": [{"hosts": [{"url": "http://h"}]}]}]}],
+        "zones": [
+            {
+                "name": "z1",
+                "networktype": "Advanced",
+                "pods": [{"clusters": [{"hosts": [{"url": "http://h"}]}]}],
+            }
+        ],
         "mgtSvr": [{"mgtSvrIp": "127.0.0.1", "port": free_port()}],
         "dbSvr": {"dbSvr": "127.0.0.1", "port": 3306, "user": "cloud", "passwd": "cloud", "db": "cloud"},
         "logger": {"LogFolderPath": str(root)},
@@ -62,7 +68,9 @@ class BvtStepIntegration(RunMasterBase):
         yield self.setup_master(
             {
                 "builders": [
-                    util.BuilderConfig(name="bvt", workernames=["local1"], factory=f, properties=properties or {})
+                    util.BuilderConfig(
+                        name="bvt", workernames=["local1"], factory=f, properties=properties or {}
+                    )
                 ],
                 "schedulers": [schedulers.ForceScheduler(name="force", builderNames=["bvt"])],
                 "www": {"port": f"tcp:{self.web}:interface=127.0.0.1"},
@@ -114,7 +122,8 @@ class BvtStepIntegration(RunMasterBase):
             ),
         )
         self.assertEqual(
-            results["BVT: skipped"][1], [(f"{p}skipping.py", "TestSnapshots.test_02_snapshot_on_local_storage", "1")]
+            results["BVT: skipped"][1],
+            [(f"{p}skipping.py", "TestSnapshots.test_02_snapshot_on_local_storage", "1")],
         )
         self.assertEqual(
             results["BVT: set-up errors (infrastructure, not counted)"][1],
@@ -126,14 +135,23 @@ class BvtStepIntegration(RunMasterBase):
         self.assertEqual(results["BVT: re-runs of failed files"][0], (2, 2))
         self.assertEqual(
             props["failed_tests"],
-            [f"{p}failing.py:TestVolumes.test_02_resize_volume", f"{p}failing.py:TestVolumes.test_03_detach_volume"],
+            [
+                f"{p}failing.py:TestVolumes.test_02_resize_volume",
+                f"{p}failing.py:TestVolumes.test_03_detach_volume",
+            ],
         )
         self.assertEqual(props["intermittent_tests"], [f"{p}flaky.py:TestFlaky.test_01_sometimes"])
         infra = props["infra_failure"]
         self.assertIn(f"{p}setup_crash.py:TestRouters.setUpClass: set-up error from the environment", infra)
-        self.assertIn(f"{p}unreachable.py:TestListApis.test_01_list_apis: management server unreachable", infra)
+        self.assertIn(
+            f"{p}unreachable.py:TestListApis.test_01_list_apis: management server unreachable", infra
+        )
         step = build["steps"][-1]
-        self.assertTrue(step["state_string"].startswith("10/10 tests, 2 failed, 1 skipped, 1 intermittent, 2 set-up errors; infrastructure: "))
+        self.assertTrue(
+            step["state_string"].startswith(
+                "10/10 tests, 2 failed, 1 skipped, 1 intermittent, 2 set-up errors; infrastructure: "
+            )
+        )
         logs = {log["name"]: log for log in step["logs"]}
         self.assertIn("test_flaky.py (re-run)", logs)  # the re-run is visible
         self.assertIn("failures", logs)
@@ -150,7 +168,11 @@ class BvtStepIntegration(RunMasterBase):
         self.assertEqual(build["results"], SUCCESS)
         self.assertEqual(
             [r[1] for r in results["BVT"][1]],
-            ["TestBasicOps.test_01_list_zones", "TestBasicOps.test_02_list_hosts", "TestVolumes.test_01_create_volume"],
+            [
+                "TestBasicOps.test_01_list_zones",
+                "TestBasicOps.test_02_list_hosts",
+                "TestVolumes.test_01_create_volume",
+            ],
         )
         self.assertEqual(props["failed_tests"], [])
         self.assertNotIn("infra_failure", props)

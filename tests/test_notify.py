@@ -16,7 +16,9 @@ CULPRIT = "3f2a9c0d1e2b3c4d5e6f708192a3b4c5d6e7f809"
 def test_author_address_and_blame_message():
     assert author_address("Jane Dev <jane@example.org>") == "jane@example.org"
     assert author_address("no address") is None
-    subject, body = blame_message(CULPRIT, "Jane <jane@example.org>", ["test_vm_life_cycle"], ["http://x/b/1"])
+    subject, body = blame_message(
+        CULPRIT, "Jane <jane@example.org>", ["test_vm_life_cycle"], ["http://x/b/1"]
+    )
     assert CULPRIT[:12] in subject and "1 failing" in subject
     assert CULPRIT in body and "test_vm_life_cycle" in body and "http://x/b/1" in body
 

@@ -370,3 +370,26 @@ def test_speculation_uses_idle_pools_below_the_tip():
     for n in ("p1", "p2", "p3"):
         starts += [a for a in p.handle(PoolAvailable(n)) if isinstance(a, StartRun)]
     assert [(a.commit, a.kind) for a in starts] == [("c8", "tip"), ("c4", "speculate"), ("c2", "speculate")]
+
+
+def test_config_from_settings_follows_observed_flake_rate():
+    from master.settings import Gate
+    from schedulers.policy import config_from_settings
+
+    g = Gate(target_false_blame=0.001, culprit_action="revert")
+    assert config_from_settings(g).confirmations == 2  # prior 2 %: ceil(ln 1e-3 / ln 0.02)
+    assert config_from_settings(g, 0.2).confirmations == 5
+    assert config_from_settings(g).culprit_action == "revert"
+
+
+def test_decision_on_40000_candidates_is_fast():
+    import time
+
+    commits = tuple(f"{i:040x}" for i in range(40_000))
+    p = GatePolicy(PolicyConfig())
+    p.handle(StagingUpdated("m", commits))
+    t0 = time.perf_counter()
+    (start,) = p.handle(PoolAvailable("p1"))
+    acts = p.handle(RunFinished(start.run_id, "fail", ("test_x",)))
+    assert [a.kind for a in acts if isinstance(a, StartRun)] == ["bisect"]
+    assert time.perf_counter() - t0 < 1.0

@@ -29,15 +29,29 @@ def test_manifest_validates_and_compiles(tmp_path, manifest):
     p = puppet(tmp_path, "parser", "validate", str(manifest))
     assert p.returncode == 0, p.stderr
     facts = yaml.safe_load((PUPPET_DIR / "facts" / "standin.yaml").read_text())
-    facts.update({"os": {"family": "RedHat", "name": "CentOS", "release": {"major": "7", "full": "7.9"}},
-                  "osfamily": "RedHat", "kernel": "Linux"})
+    facts.update(
+        {
+            "os": {"family": "RedHat", "name": "CentOS", "release": {"major": "7", "full": "7.9"}},
+            "osfamily": "RedHat",
+            "kernel": "Linux",
+        }
+    )
     fdir = tmp_path / "var" / "yaml" / "facts"
     fdir.mkdir(parents=True)
     (fdir / "standin.yaml").write_text(
         "--- !ruby/object:Puppet::Node::Facts\n" + yaml.safe_dump({"name": "standin", "values": facts})
     )
-    p = puppet(tmp_path, "apply", "--noop", "--certname", "standin", "--facts_terminus", "yaml",
-               "--color=false", str(manifest))
+    p = puppet(
+        tmp_path,
+        "apply",
+        "--noop",
+        "--certname",
+        "standin",
+        "--facts_terminus",
+        "yaml",
+        "--color=false",
+        str(manifest),
+    )
     out = p.stdout + p.stderr
     assert p.returncode == 0, out
     assert "Compiled catalog for standin" in out

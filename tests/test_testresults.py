@@ -22,13 +22,16 @@ from steps.testresults import (
 
 FIXTURES = Path(__file__).parent / "marvin_fixtures"
 
-SETUP_CRASH = """<?xml version="1.0" encoding="UTF-8"?><testsuite name="nosetests" tests="1" errors="1" failures="0"
-skip="0"><testcase classname="&lt;nose.suite" name="ContextSuite context=TestRouters&gt;:setup" time="0.000">
-<error type="builtins.TimeoutError" message="timed out after 1500 s waiting for the router"><![CDATA[Traceback:
+SETUP_CRASH = """<?xml version="1.0" encoding="UTF-8"?>
+<testsuite name="nosetests" tests="1" errors="1" failures="0" skip="0">
+<testcase classname="&lt;nose.suite" name="ContextSuite context=TestRouters&gt;:setup" time="0.000">
+<error type="builtins.TimeoutError" message="timed out after 1500 s waiting for the router">
+<![CDATA[Traceback:
 TimeoutError: timed out after 1500 s waiting for the router
 ]]></error></testcase></testsuite>"""
 
-MIXED = """<?xml version="1.0" encoding="UTF-8"?><testsuite name="nosetests" tests="4" errors="1" failures="1" skip="1">
+MIXED = """<?xml version="1.0" encoding="UTF-8"?>
+<testsuite name="nosetests" tests="4" errors="1" failures="1" skip="1">
 <testcase classname="test_v.TestVolumes" name="test_01" time="1.250"></testcase>
 <testcase classname="test_v.TestVolumes" name="test_02" time="2.5"><failure type="builtins.AssertionError"
  message="10 != 20">Traceback\nAssertionError: 10 != 20</failure></testcase>
@@ -79,7 +82,7 @@ def test_classify_rules():
 
 @pytest.mark.parametrize("bad", ["", "<testsuite", "<html><body/></html>"])
 def test_parse_xunit_rejects_garbage_with_the_file_named(bad):
-    with pytest.raises(ParseError, match="smoke/test_x.py"):
+    with pytest.raises(ParseError, match=r"smoke/test_x\.py"):
         parse_xunit(bad, "smoke/test_x.py")
 
 
@@ -147,5 +150,8 @@ def test_summary_and_html():
     assert summary_text(3, None, 0, 1, 1, 2) == "3 tests, 1 skipped, 1 intermittent, 2 set-up errors"
     (o,) = parse_xunit(SETUP_CRASH, "smoke/test_routers.py")
     page = failures_html([], [o], [])
-    assert "Set-up errors (infrastructure) (1)" in page and "smoke/test_routers.py:TestRouters.setUpClass" in page
+    assert (
+        "Set-up errors (infrastructure) (1)" in page
+        and "smoke/test_routers.py:TestRouters.setUpClass" in page
+    )
     assert "<script>" not in failures_html([o.__class__("p.py", "<script>", "fail")], [], [])

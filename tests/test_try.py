@@ -80,7 +80,9 @@ def deployment(tmp_path):
             tmp_path / "qa",
             str(proj.origin),
             [simple_pool("pool1", 1)],
-            extra={"reporters": {"mail": {"relayhost": "127.0.0.1", "port": smtp.port, "to": ["qa@example.org"]}}},
+            extra={
+                "reporters": {"mail": {"relayhost": "127.0.0.1", "port": smtp.port, "to": ["qa@example.org"]}}
+            },
         )
         dep.start()
         try:
@@ -102,7 +104,7 @@ def test_try_accepts_refuses_fails_bad_patch_and_survives_reconfig(deployment, t
     bad.write_text(BAD_PATCH)
 
     # bad credentials: refused, nothing scheduled
-    rc, out = try_client(dep, proj, good, password="wrong-password", timeout=15)
+    rc, out = try_client(dep, proj, good, password="wrong-password", timeout=8)
     assert rc != 0, out
     assert "RemoteError" in out or "Unauthorized" in out, out
     assert "invalid login from user 'alice'" in (m.basedir / "twistd.log").read_text()

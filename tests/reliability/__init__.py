@@ -1,0 +1,1 @@
+"""Reliability and security tests (issue #9): faults, bad input, secrets and access, on loopback."""
