@@ -112,9 +112,16 @@ class CobblerServer:
     """A real cobblerd (+ its /cblr/svc front end) in a private mount namespace under ``workdir``."""
 
     def __init__(
-        self, workdir: Path, username: str = "qacloud", password: str = "", token_expiration: int = 3600
+        self,
+        workdir: Path,
+        username: str = "qacloud",
+        password: str = "",
+        token_expiration: int = 3600,
+        svc_port: int = 0,
     ):
+        """``svc_port``: the HTTP front end's port (0: a free one), fixed when an inventory names it."""
         self.workdir = Path(workdir).resolve()
+        self._wanted_svc_port = svc_port
         self.username = username
         self._password = password
         self.token_expiration = token_expiration
@@ -168,7 +175,9 @@ class CobblerServer:
             )
         python = ensure_cobbler_venv()
         cobblerd = python.parent / "cobblerd"
-        self.svc_port = _free_port()
+        if self._wanted_svc_port and _port_busy(self._wanted_svc_port):
+            raise CobblerLabError(f"127.0.0.1:{self._wanted_svc_port} (Cobbler's front end) is already in use")
+        self.svc_port = self._wanted_svc_port or _free_port()
         if self.sandbox.exists():
             shutil.rmtree(self.sandbox)
         self._layout(_purelib(python))

@@ -1,110 +1,547 @@
-"""`make demo`: the lab in a box on 127.0.0.1.
+"""`make demo`: the whole pipeline on one machine, the lab in a box, all on 127.0.0.1.
 
-Current scope: prepares the demo's secrets and bare repository, starts the master and one
-worker per pool on the demo settings, and prints the web UI URL. `stop` stops them.
+``python -m lab.demo run`` starts the real Cobbler daemon with virtual BMCs and fast simulated
+hosts for the demo inventory's two pools (lab/demo_lab.py), a bare repository ``demo-project``
+(lab/demo_project.py), the Buildbot master and one worker per pool. A scripted committer then
+pushes to staging (a good commit; a batch with one breaking commit; later its fix) while the
+terminal narrates what the gate does (lab/demo_watch.py), and a summary closes the story with
+the targets met or missed. Every BVT run provisions its pool through Cobbler and IPMI and then
+runs the demo project's unittest suite: the demo's stand-in for a CloudStack deployment.
+
+Without ``CI=true`` the web UI stays up until Ctrl-C or ``python -m lab.demo stop`` (``make
+demo-stop``). With ``CI=true`` it exits when the story ends: 0 only if master is at the fix and
+the breaking commit was blamed. ``--keep-up`` (CI) keeps everything up after the check until
+``stop``, so a test can inspect the running system. Every process the demo starts is tracked in
+``<var>/pids`` (and the twistd.pid files) and stopped by PID, never by name.
+
+Options for running beside other things: ``--var DIR`` (``$QACLOUD_DEMO_VAR``; default
+``var/demo``) and ``--ports auto`` (``$QACLOUD_DEMO_PORTS``): free ports for the web UI, the
+worker port, try, Cobbler's front end and the BMCs. cobblerd's own XML-RPC port (25151) is
+hard-coded in Cobbler, so only one demo (or Cobbler test) can run per machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from lab.demo_project import CULPRIT_AUTHOR, CULPRIT_MESSAGE, DemoProject, script
+from lab.demo_watch import Watcher, rest
 from lab.secrets import write_secrets
 from master.inventory import load_inventory
 from master.settings import DEMO_SETTINGS, REPO_ROOT, load_settings
+from master.yamlconf import ConfigError
 
-VAR = REPO_ROOT / "var" / "demo"
 BIN = Path(sys.executable).parent
+DEFAULT_VAR = REPO_ROOT / "var" / "demo"
+TARGETS = {"first_promotion": 60.0, "culprit_named": 180.0, "whole_demo": 300.0}
+_STATE_DIRS = ("master", "workers", "lab", "pids", "demo-project.git", "demo-project-work", "secrets")
 
 
-def prepare_secrets(settings_file: Path = DEMO_SETTINGS) -> dict[str, str]:
-    s = load_settings(settings_file)
-    inv = load_inventory(s.inventory_path)
-    names = inv.secret_names() | {u.password_secret for u in s.users}
-    return write_secrets(s.secrets_path, names)
+class DemoError(Exception):
+    """The demo could not start or went wrong; the message says what and where to look."""
 
 
-def _run(*argv: str, **kw) -> None:
-    subprocess.run(list(argv), check=True, **kw)
+class _Stop(Exception):
+    """SIGTERM/SIGINT: stop everything."""
 
 
-def prepare_repository(path: Path) -> None:
-    """A bare `demo-project` with master and staging and a small test suite."""
-    if path.exists():
+def _on_signal(*_) -> None:
+    raise _Stop()
+
+
+# ---------------------------------------------------------------- paths, ports, configuration
+
+
+@dataclass(frozen=True)
+class Paths:
+    var: Path
+
+    @property
+    def pids(self) -> Path:
+        return self.var / "pids"
+
+    @property
+    def settings(self) -> Path:
+        return self.var / "settings.yaml"
+
+    @property
+    def inventory(self) -> Path:
+        return self.var / "inventory.yaml"
+
+    @property
+    def origin(self) -> Path:
+        return self.var / "demo-project.git"
+
+    @property
+    def master(self) -> Path:
+        return self.var / "master"
+
+    @property
+    def lab(self) -> Path:
+        return self.var / "lab"
+
+    @property
+    def result(self) -> Path:
+        return self.var / "result.json"
+
+    def worker(self, name: str) -> Path:
+        return self.var / "workers" / name
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(paths: Paths, auto_ports: bool) -> tuple[dict, dict]:
+    """The run's settings and inventory in ``var``: the shipped demo files with absolute paths
+    into ``var`` (and free ports with ``auto_ports``). Returns (settings, inventory) as dicts."""
+    settings = yaml.safe_load(DEMO_SETTINGS.read_text())
+    inv_file = DEMO_SETTINGS.parent / settings["inventory"]
+    inventory = yaml.safe_load(inv_file.read_text())
+    settings["repository"]["url"] = str(paths.origin)
+    settings["secrets_dir"] = str(paths.var / "secrets")
+    settings["inventory"] = str(paths.inventory)
+    if auto_ports:
+        settings["www"]["port"] = free_port()
+        settings["workers"]["port"] = free_port()
+        settings["try"]["port"] = free_port()
+        cobbler = free_port()
+        for pool in inventory["pools"]:
+            u = urllib.parse.urlsplit(pool["cobbler"]["url"])
+            pool["cobbler"]["url"] = u._replace(netloc=f"{u.hostname}:{cobbler}").geturl()
+            for host in [pool["management"], *pool["hypervisors"]]:
+                host["bmc"]["port"] = free_port(socket.SOCK_DGRAM)
+    paths.var.mkdir(parents=True, exist_ok=True)
+    paths.inventory.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    paths.settings.write_text(
+        "# generated by `python -m lab.demo run` from lab/demo/settings.yaml\n"
+        + yaml.safe_dump(settings, sort_keys=False)
+    )
+    return settings, inventory
+
+
+# ---------------------------------------------------------------- processes (by PID, never by name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _read_pid(f: Path) -> int | None:
+    try:
+        return int(f.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def tracked_pids(paths: Paths) -> dict[str, int]:
+    """Every process the demo started and recorded: name -> PID (dead ones included)."""
+    out: dict[str, int] = {}
+    for f in sorted(paths.pids.glob("*.pid")) if paths.pids.exists() else []:
+        pid = _read_pid(f)
+        if pid:
+            out[f.stem] = pid
+    for name, d in [
+        ("master", paths.master),
+        *[(w.name, w) for w in sorted((paths.var / "workers").glob("*"))],
+    ]:
+        pid = _read_pid(d / "twistd.pid")
+        if pid:
+            out[f"twistd-{name}"] = pid
+    return out
+
+
+def _terminate(name: str, pid: int, marker: str, timeout: float = 15) -> None:
+    """SIGTERM ``pid`` if it is still the process we started (its command line has ``marker``)."""
+    if not _alive(pid) or marker not in _cmdline(pid):
         return
-    work = path.parent / "demo-project-work"
-    env = dict(
-        os.environ,
-        GIT_AUTHOR_NAME="qacloud demo",
-        GIT_AUTHOR_EMAIL="demo@example.org",
-        GIT_COMMITTER_NAME="qacloud demo",
-        GIT_COMMITTER_EMAIL="demo@example.org",
-    )
-    _run("git", "init", "-q", "--bare", "-b", "master", str(path))
-    _run("git", "init", "-q", "-b", "master", str(work))
-    (work / "calc.py").write_text("def add(a, b):\n    return a + b\n")
-    (work / "test_calc.py").write_text(
-        "import unittest\n\nimport calc\n\n\nclass CalcTest(unittest.TestCase):\n"
-        "    def test_add(self):\n        self.assertEqual(calc.add(2, 3), 5)\n"
-    )
-    _run("git", "add", "-A", cwd=work, env=env)
-    _run("git", "commit", "-q", "-m", "demo-project: initial", cwd=work, env=env)
-    _run("git", "push", "-q", str(path), "master", "master:staging", cwd=work, env=env)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        print(f"demo: {name} (pid {pid}) ignored SIGTERM for {timeout:.0f}s; killing it", file=sys.stderr)
+        os.kill(pid, signal.SIGKILL)
 
 
-def start() -> None:
-    s = load_settings(DEMO_SETTINGS)
-    inv = load_inventory(s.inventory_path)
-    secrets = prepare_secrets()
-    prepare_repository(Path(s.repo_url))
-    mdir = VAR / "master"
-    if not (mdir / "buildbot.tac").exists():
-        _run(str(BIN / "qacloud"), "create-master", str(mdir), "--settings", str(DEMO_SETTINGS))
-    _run(str(BIN / "buildbot"), "start", str(mdir))
-    for p in inv.pools:
-        wdir = VAR / "workers" / p.worker
-        if not (wdir / "buildbot.tac").exists():
-            _run(
-                str(BIN / "buildbot-worker"),
-                "create-worker",
-                "-q",
-                str(wdir),
-                f"127.0.0.1:{s.workers.port}",
-                p.worker,
-                secrets[p.worker_secret],
+def stop_processes(paths: Paths, *, include_runner: bool = True) -> list[str]:
+    """Stop every process of the demo in ``paths.var``; return what was stopped."""
+    stopped = []
+    runner = _read_pid(paths.pids / "demo.pid")
+    if include_runner and runner and runner != os.getpid() and _alive(runner):
+        # the runner stops everything itself on SIGTERM; give it the time to
+        _terminate("the demo", runner, "lab.demo", timeout=90)
+        stopped.append(f"demo runner (pid {runner})")
+    for wdir in sorted((paths.var / "workers").glob("*")):
+        pid = _read_pid(wdir / "twistd.pid")
+        if pid and _alive(pid):
+            subprocess.run(
+                [str(BIN / "buildbot-worker"), "stop", str(wdir)], capture_output=True, check=False
             )
-        _run(str(BIN / "buildbot-worker"), "start", str(wdir))
-    print(f"qacloud demo: web UI at {s.www.buildbot_url} (stop with `make demo-stop`)")
+            _terminate(f"worker {wdir.name}", pid, "buildbot-worker")
+            stopped.append(f"worker {wdir.name} (pid {pid})")
+    pid = _read_pid(paths.master / "twistd.pid")
+    if pid and _alive(pid):
+        subprocess.run([str(BIN / "buildbot"), "stop", str(paths.master)], capture_output=True, check=False)
+        _terminate("the master", pid, "buildbot")
+        stopped.append(f"master (pid {pid})")
+    for name, marker in (("lab", "lab.demo_lab"), ("cobbler-svc", "cobbler_svc"), ("cobblerd", "cobblerd")):
+        pid = _read_pid(paths.pids / f"{name}.pid")
+        if pid and _alive(pid):
+            _terminate(name, pid, marker, timeout=20)
+            stopped.append(f"{name} (pid {pid})")
+    return stopped
 
 
-def stop() -> None:
-    for wdir in sorted((VAR / "workers").glob("*")):
-        subprocess.run([str(BIN / "buildbot-worker"), "stop", str(wdir)], check=False)
-    if (VAR / "master" / "buildbot.tac").exists():
-        subprocess.run([str(BIN / "buildbot"), "stop", str(VAR / "master")], check=False)
+# ---------------------------------------------------------------- the run
+
+
+def _run(argv: list[str], what: str, env: dict | None = None, timeout: float = 180, secret: str = "") -> None:
+    p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
+    if p.returncode != 0:
+        text = f"{what} failed (exit {p.returncode}): {' '.join(argv)}\n{p.stdout}{p.stderr}"
+        raise DemoError(text.replace(secret, "<secret>") if secret else text)
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except OSError:
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _tail(f: Path, n: int = 30) -> str:
+    return "\n".join(f.read_text(errors="replace").splitlines()[-n:]) if f.exists() else f"({f} is missing)"
+
+
+@dataclass
+class Demo:
+    paths: Paths
+    auto_ports: bool
+    ci: bool
+    keep_up: bool
+    install_time: float
+    timeout: float
+    t0: float
+
+    def say(self, text: str = "") -> None:
+        print(text, flush=True)
+
+    # -- start-up ----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        p = self.paths
+        if (pid := _read_pid(p.pids / "demo.pid")) and pid != os.getpid() and _alive(pid):
+            raise DemoError(
+                f"a demo is already running in {p.var} (pid {pid}); stop it with `make demo-stop`"
+            )
+        stop_processes(p)  # leftovers of a run that crashed
+        for name in _STATE_DIRS:
+            shutil.rmtree(p.var / name, ignore_errors=True)
+        p.result.unlink(missing_ok=True)
+        p.pids.mkdir(parents=True)
+        (p.pids / "demo.pid").write_text(f"{os.getpid()}\n")
+        self.settings_raw, _ = write_config(p, self.auto_ports)
+        try:
+            self.settings = load_settings(p.settings)
+            self.inventory = load_inventory(self.settings.inventory_path)
+        except ConfigError as e:
+            raise DemoError("the demo settings are invalid:\n" + "\n".join(map(str, e.problems))) from None
+        names = self.inventory.secret_names() | {u.password_secret for u in self.settings.users}
+        self.secrets = write_secrets(self.settings.secrets_path, names)
+        self.project = DemoProject.create(p.origin)
+        self.url = self.settings.www.buildbot_url
+
+    def start_lab(self) -> None:
+        p = self.paths
+        p.lab.mkdir(parents=True, exist_ok=True)
+        log = open(p.lab / "lab.log", "ab")
+        argv = [sys.executable, "-m", "lab.demo_lab", "--settings", str(p.settings), "--workdir", str(p.lab)]
+        argv += ["--pids", str(p.pids), "--install-time", str(self.install_time)]
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True
+        )
+        log.close()
+        (p.pids / "lab.pid").write_text(f"{proc.pid}\n")
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise DemoError(f"the lab exited with {proc.returncode}:\n{_tail(p.lab / 'lab.log')}")
+            return "ready:" in (p.lab / "lab.log").read_text(errors="replace")
+
+        try:
+            _wait(ready, 120, "the lab (Cobbler + virtual BMCs) to start")
+        except DemoError as e:
+            raise DemoError(f"{e}\n{_tail(p.lab / 'lab.log')}") from None
+        self.say(f"  lab up: {_tail(p.lab / 'lab.log', 1).split('ready: ', 1)[-1]}")
+
+    def start_buildbot(self) -> None:
+        p = self.paths
+        env = dict(os.environ, QACLOUD_SETTINGS=str(p.settings))
+        _run(
+            [str(BIN / "qacloud"), "create-master", str(p.master), "--settings", str(p.settings)],
+            "create-master",
+            env,
+        )
+        _run(
+            [str(BIN / "buildbot"), "start", str(p.master)],
+            f"starting the master (see {p.master}/twistd.log)",
+            env,
+        )
+        _wait(lambda: rest(self.url, "workers"), 60, f"the master's REST API at {self.url}")
+        for pool in self.inventory.pools:
+            wdir = p.worker(pool.worker)
+            wdir.parent.mkdir(parents=True, exist_ok=True)
+            _run(
+                [str(BIN / "buildbot-worker"), "create-worker", "-q", "--umask=0o022", str(wdir),
+                 f"127.0.0.1:{self.settings.workers.port}", pool.worker, self.secrets[pool.worker_secret]],
+                f"creating worker {pool.worker}",
+                secret=self.secrets[pool.worker_secret],
+            )  # fmt: skip
+            _run([str(BIN / "buildbot-worker"), "start", str(wdir)], f"starting worker {pool.worker}")
+        want = {pl.worker for pl in self.inventory.pools}
+
+        def connected() -> bool:
+            ws = rest(self.url, "workers")["workers"]
+            return want <= {w["name"] for w in ws if w["connected_to"]}
+
+        _wait(connected, 60, f"workers {', '.join(sorted(want))} to connect")
+
+    # -- the story -------------------------------------------------------------------------------
+    def describe(self, sha: str | None) -> str:
+        if not sha:
+            return "?"
+        try:
+            return f"{sha[:8]} {self.project.subject(sha)}"
+        except RuntimeError:
+            return sha[:8]
+
+    def story(self) -> dict:
+        w = Watcher(self.url, self.paths.master, self.paths.origin, describe=self.describe, say=self.say)
+        w.poll()
+        pushes = script()
+        marks: dict[str, float] = {}
+        shas: list[list[str]] = []
+        deadline = time.monotonic() + self.timeout
+
+        def push(i: int) -> None:
+            p = pushes[i]
+            shas.append(self.project.push(p))
+            marks[f"push{i}"] = time.time()
+            w._stamp(f"COMMITTERS push to staging — {p.name}:")
+            for s in shas[-1]:
+                w.say(f"{'':11}> {self.describe(s)}")
+
+        push(0)
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            w.poll()
+            if len(shas) == 1 and w.master_sha == shas[0][-1]:
+                marks["first_promotion"] = time.time()
+                push(1)
+            elif len(shas) == 2 and w.culprits:
+                marks["culprit"] = time.time()
+                push(2)
+            elif len(shas) == 3 and w.master_sha == shas[2][-1]:
+                marks["fix_promoted"] = time.time()
+                break
+        w.poll()
+        culprit_sha = self.project.shas.get(CULPRIT_MESSAGE)
+        return {"watcher": w, "marks": marks, "shas": shas, "expected_culprit": culprit_sha}
+
+    def report(self, story: dict) -> dict:
+        w: Watcher = story["watcher"]
+        marks, shas = story["marks"], story["shas"]
+        now = time.time()
+        wall = now - self.t0
+        s = w.summary(wall)
+        expected_master = shas[2][-1] if len(shas) == 3 else None
+        culprit = story["expected_culprit"]
+        blamed = [c.get("commit") for c in s.culprits]
+        measures = {
+            "first_promotion": marks["first_promotion"] - marks["push0"]
+            if "first_promotion" in marks
+            else None,
+            "culprit_named": marks["culprit"] - marks["push1"] if "culprit" in marks else None,
+            "whole_demo": (marks.get("fix_promoted", now)) - self.t0 if "fix_promoted" in marks else None,
+        }
+        ok = w.master_sha == expected_master and expected_master is not None and blamed == [culprit]
+        self.say("")
+        self.say("=" * 78)
+        self.say("qacloud demo — summary")
+        self.say(f"  commits promoted to master: {len(s.promoted)}")
+        for c in s.promoted:
+            self.say(f"    {self.describe(c)}")
+        for c in s.culprits:
+            self.say(f"  culprit: {self.describe(c.get('commit'))} by {c.get('author')}")
+            self.say(f"           breaks {', '.join(c.get('failed_tests') or ()) or 'the suite'}")
+        if not s.culprits:
+            self.say("  culprit: none named")
+        self.say(f"  BVT runs used: {s.runs} (each: Cobbler + IPMI provisioning of 3 hosts, then the tests)")
+        self.say(f"  pool-hours: {s.pool_hours:.3f} ({s.pool_hours * 60:.1f} pool-minutes)")
+        self.say(
+            f"  wall time: {wall:.0f}s"
+            + (" (since `make demo` began, installs included)" if self._from_make else "")
+        )
+        labels = {
+            "first_promotion": "first promotion after the first staging push",
+            "culprit_named": "culprit named after the breaking push",
+            "whole_demo": "whole demo (fresh clone, installs included) to the fix promoted"
+            if self._from_make
+            else "whole demo (this process) to the fix promoted",
+        }
+        for key, limit in TARGETS.items():
+            v = measures[key]
+            verdict = "MISSED (did not happen)" if v is None else ("met" if v <= limit else "MISSED")
+            shown = "—" if v is None else f"{v:.0f}s"
+            self.say(f"  target {labels[key]} ≤ {limit:.0f}s: {shown} — {verdict}")
+        self.say(
+            f"  outcome: master at {self.describe(w.master_sha)}; expected {self.describe(expected_master)}; "
+            f"culprit expected {self.describe(culprit)} ({CULPRIT_AUTHOR}) — {'OK' if ok else 'NOT AS EXPECTED'}"
+        )
+        self.say("=" * 78)
+        return {
+            "ok": ok,
+            "master": w.master_sha,
+            "expected_master": expected_master,
+            "expected_culprit": culprit,
+            "culprit_author": CULPRIT_AUTHOR,
+            "blamed": blamed,
+            "promoted": s.promoted,
+            "runs": s.runs,
+            "pool_hours": s.pool_hours,
+            "wall": wall,
+            "measures": measures,
+            "pushes": shas,
+            "url": self.url,
+        }
+
+    @property
+    def _from_make(self) -> bool:
+        return "QACLOUD_DEMO_T0" in os.environ
+
+    def run(self) -> int:
+        self.say("qacloud demo: the lab in a box, everything on 127.0.0.1")
+        self.prepare()
+        self.say(f"  state in {self.paths.var}; settings {self.paths.settings}")
+        self.say("  starting the lab: real cobblerd, 6 virtual BMCs (IPMI over UDP), 6 fast simulated hosts")
+        self.start_lab()
+        self.say("  starting the Buildbot master and one worker per pool")
+        self.start_buildbot()
+        self.say(f"  web UI: {self.url}   gate dashboard: {self.url}#/gate")
+        self.say("  BVT = provision the pool (Cobbler + PXE + IPMI), then demo-project's unittest suite")
+        self.say("        (the demo's stand-in for a CloudStack deployment and Marvin)")
+        self.say("")
+        result = self.report(self.story())
+        self.paths.result.write_text(json.dumps(result, indent=1))
+        if self.ci and not self.keep_up:
+            return 0 if result["ok"] else 1
+        if self.ci:
+            self.say(
+                f"CI: everything stays up for inspection until `python -m lab.demo stop --var {self.paths.var}`"
+            )
+        else:
+            self.say(f"The web UI stays up at {self.url} — Ctrl-C or `make demo-stop` stops everything.")
+        while True:
+            time.sleep(3600)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lab.demo")
+    ap = argparse.ArgumentParser(prog="python -m lab.demo", description="the qacloud demo (make demo)")
     ap.add_argument("action", choices=["run", "stop", "secrets"])
+    ap.add_argument(
+        "--var", default=os.environ.get("QACLOUD_DEMO_VAR", str(DEFAULT_VAR)), help="state directory"
+    )
+    ap.add_argument(
+        "--ports",
+        choices=["default", "auto"],
+        default=os.environ.get("QACLOUD_DEMO_PORTS", "default"),
+        help="auto: free ports instead of the demo settings' fixed ones",
+    )
+    ap.add_argument("--keep-up", action="store_true", help="CI: stay up after the check until `stop`")
+    ap.add_argument("--install-time", type=float, default=1.0, help="seconds a simulated host install takes")
+    ap.add_argument("--timeout", type=float, default=420, help="seconds the story may take")
     ns = ap.parse_args(argv)
+    paths = Paths(Path(ns.var).resolve())
+    if ns.action == "stop":
+        stopped = stop_processes(paths)
+        print("demo: stopped " + (", ".join(stopped) if stopped else "nothing (no demo process was running)"))
+        return 0
     if ns.action == "secrets":
-        prepare_secrets()
-    elif ns.action == "stop":
-        stop()
-    else:
-        start()
-        if os.environ.get("CI") != "true":
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                stop()
-    return 0
+        s = load_settings(DEMO_SETTINGS)
+        inv = load_inventory(s.inventory_path)
+        write_secrets(s.secrets_path, inv.secret_names() | {u.password_secret for u in s.users})
+        return 0
+    t0 = float(os.environ.get("QACLOUD_DEMO_T0") or time.time())
+    demo = Demo(
+        paths,
+        auto_ports=ns.ports == "auto",
+        ci=os.environ.get("CI") == "true",
+        keep_up=ns.keep_up,
+        install_time=ns.install_time,
+        timeout=ns.timeout,
+        t0=t0,
+    )
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    rc = 1
+    try:
+        rc = demo.run()
+    except _Stop:
+        rc = 0 if not demo.ci else (0 if _result_ok(paths) else 1)
+        print("\ndemo: stopping everything it started", flush=True)
+    except DemoError as e:
+        print(f"demo: {e}", file=sys.stderr, flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop_processes(paths, include_runner=False)
+        (paths.pids / "demo.pid").unlink(missing_ok=True)
+    return rc
+
+
+def _result_ok(paths: Paths) -> bool:
+    try:
+        return bool(json.loads(paths.result.read_text())["ok"])
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Builders: gate BVT runs, try runs and promotion.
+"""Builders: gate BVT runs, try runs and returning pools to service.
 
 Every pool's worker can serve both BVT builders; a worker runs one build at a time
 (``max_builds=1``), so a pool is never shared. Gate builds go before try builds
@@ -12,14 +12,15 @@ from buildbot.plugins import steps, util
 from master.inventory import Inventory
 from master.settings import Settings
 from steps.marvin import bvt_test_step
+from workers import health as pool_health
 from workers.selection import make_next_worker
 
 GATE_BUILDER = "gate-bvt"
 TRY_BUILDER = "try-bvt"
-PROMOTE_BUILDER = "promote"
+POOL_SERVICE_BUILDER = "pool-service"  # releases a quarantined pool (runs on the local worker)
 
 # lower number = served first when pools free up
-BUILDER_PRIORITY = {PROMOTE_BUILDER: 0, GATE_BUILDER: 1, TRY_BUILDER: 2}
+BUILDER_PRIORITY = {POOL_SERVICE_BUILDER: 0, GATE_BUILDER: 1, TRY_BUILDER: 2}
 
 
 def checkout_step(settings: Settings) -> steps.Git:
@@ -50,15 +51,15 @@ def bvt_factory(settings: Settings, inventory: Inventory) -> util.BuildFactory:
     return f
 
 
-def promote_factory(settings: Settings) -> util.BuildFactory:
-    f = util.BuildFactory()
-    f.addStep(steps.ShellCommand(name="promote", command=["true"]))
-    return f
+def pool_service_factory() -> util.BuildFactory:
+    from steps.pool_service import ReleasePool
+
+    return util.BuildFactory([ReleasePool()])
 
 
 def builders(settings: Settings, inventory: Inventory, local_worker: str) -> list[util.BuilderConfig]:
     pool_workers = [p.worker for p in inventory.pools]
-    next_worker = make_next_worker()
+    next_worker = make_next_worker(is_quarantined=pool_health.is_quarantined)
     return [
         util.BuilderConfig(
             name=GATE_BUILDER,
@@ -79,12 +80,12 @@ def builders(settings: Settings, inventory: Inventory, local_worker: str) -> lis
             description="A developer's patch through the same BVT; never promoted",
         ),
         util.BuilderConfig(
-            name=PROMOTE_BUILDER,
+            name=POOL_SERVICE_BUILDER,
             workernames=[local_worker],
-            factory=promote_factory(settings),
+            factory=pool_service_factory(),
             collapseRequests=False,
-            tags=["gate"],
-            description="Fast-forwards master to a commit whose BVT passed (plain push)",
+            tags=["lab"],
+            description="Returns a quarantined pool to service (admins and QA)",
         ),
     ]
 

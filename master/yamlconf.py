@@ -29,12 +29,27 @@ T = TypeVar("T")
 INLINE_SECRET_KEYS = re.compile(r"^(password|passwd|pass|token|secret|api_key|apikey)$", re.I)
 
 
+MAX_TEXT = 400  # a problem stays one readable line, however large the offending value
+
+
+def _shorten(text: str, limit: int = MAX_TEXT) -> str:
+    """Cut the middle out of an overlong text (a huge value quoted in a message), keeping both ends."""
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 2 // 3, limit // 4
+    return f"{text[:head]}...[{len(text) - head - tail} characters cut]...{text[-tail:]}"
+
+
 @dataclass(frozen=True)
 class Problem:
     file: str
     line: int
     field: str
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "field", _shorten(self.field, 200))
+        object.__setattr__(self, "message", _shorten(self.message))
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
@@ -99,8 +114,21 @@ class Reader:
         line = node.start_mark.line + 1 if node is not None else 0
         self.problems.append(Problem(self.file, line, field, message))
 
-    def scalar(self, node: yaml.Node) -> Any:
-        return self._constructor.construct_object(node, deep=True)
+    def scalar(self, node: yaml.Node, field: str = "") -> Any:
+        """The Python value of ``node``; INVALID (with a problem) when YAML cannot construct it.
+
+        PyYAML's constructors fail in odd ways on odd input (``!!timestamp nope`` raises
+        AttributeError, a malformed date ValueError): every such failure is the file's fault.
+        """
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except RecursionError:
+            self.error(node, field, "invalid value: nested too deeply")
+        except Exception as e:
+            reason = getattr(e, "problem", None) or str(e) or type(e).__name__
+            tag = node.tag.rsplit(":", 1)[-1]
+            self.error(node, field, f"cannot read {_describe(node)} as {tag}: {reason}")
+        return INVALID
 
     def parse(self, tp: Any, node: yaml.Node, field: str) -> Any:
         origin = typing.get_origin(tp)
@@ -123,16 +151,18 @@ class Reader:
                 return INVALID
             out = {}
             for knode, vnode in node.value:
-                key = str(self.scalar(knode))
+                key = str(self.scalar(knode, field))
                 out[key] = self.parse(args[1], vnode, f"{field}.{key}" if field else key)
             return out
         if tp is Any:
-            return self.scalar(node)
+            return self.scalar(node, field)
         # plain scalar types
         if not isinstance(node, yaml.ScalarNode):
             self.error(node, field, f"expected {_tname(tp)}, got {_describe(node)}")
             return INVALID
-        value = self.scalar(node)
+        value = self.scalar(node, field)
+        if value is INVALID:
+            return INVALID
         if tp is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -158,7 +188,10 @@ class Reader:
         lines: dict[str, int] = {}
         seen: set[str] = set()
         for knode, vnode in node.value:
-            key = str(self.scalar(knode))
+            kvalue = self.scalar(knode, field or cls.__name__)
+            if kvalue is INVALID:
+                continue
+            key = str(kvalue)
             path = f"{field}.{key}" if field else key
             if key in seen:
                 self.error(knode, path, "key given twice")
@@ -222,16 +255,41 @@ def _describe(node: yaml.Node, value: Any = None) -> str:
     return f"{kind} {shown!r}"
 
 
+MAX_DEPTH = 64  # settings and inventories nest a handful of levels; deeper is garbage
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader whose composer refuses absurd nesting with a line number.
+
+    PyYAML's composer recurses per level: without a bound, deep garbage ends in a slow
+    RecursionError with no line.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def compose_text(text: str, file: str) -> tuple[yaml.Node | None, list[Problem]]:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_BoundedLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 0
         return None, [Problem(file, line, "", f"invalid YAML: {e.problem or e}")]
     except yaml.YAMLError as e:
         return None, [Problem(file, 0, "", f"invalid YAML: {e}")]
-    except (ValueError, RecursionError) as e:
+    except RecursionError:
+        return None, [Problem(file, 0, "", "invalid YAML: nested too deeply")]
+    except ValueError as e:
         return None, [Problem(file, 0, "", f"invalid YAML: {e}")]
     if node is None:
         return None, [Problem(file, 1, "", "file is empty")]

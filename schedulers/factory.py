@@ -5,7 +5,7 @@ from __future__ import annotations
 from buildbot.plugins import schedulers as bb_schedulers
 from buildbot.plugins import util
 
-from master.builders import GATE_BUILDER, PROMOTE_BUILDER, TRY_BUILDER
+from master.builders import GATE_BUILDER, POOL_SERVICE_BUILDER, TRY_BUILDER
 from master.inventory import Inventory
 from master.settings import Settings
 from schedulers.trying import try_schedulers
@@ -36,5 +36,44 @@ def force_schedulers(settings: Settings, inventory: Inventory) -> list:
 
 
 def schedulers(settings: Settings, inventory: Inventory, builder_configs: list) -> list:
-    promote = bb_schedulers.Triggerable(name="promote", builderNames=[PROMOTE_BUILDER])
-    return [*force_schedulers(settings, inventory), promote, *try_schedulers(settings, [TRY_BUILDER])]
+    return [
+        *force_schedulers(settings, inventory),
+        gate_scheduler(settings, inventory),
+        pool_service_scheduler(inventory),
+        *try_schedulers(settings, [TRY_BUILDER]),
+    ]
+
+
+def gate_scheduler(settings: Settings, inventory: Inventory):
+    """The gate (schedulers/gate.py): promotes passing staging commits, bisects failures."""
+    from schedulers.gate import GATE_SCHEDULER, GateScheduler
+
+    repo = settings.repository
+    return GateScheduler(
+        name=GATE_SCHEDULER,
+        builderNames=[GATE_BUILDER],
+        repo_url=settings.repo_url,
+        master_branch=repo.master,
+        staging_branch=repo.staging,
+        pools=list(inventory.pool_names),
+        gate=settings.gate,
+        fetch_interval=repo.poll_interval,
+        quarantine_after=settings.pools.quarantine_after,
+        health_builders=[GATE_BUILDER, TRY_BUILDER],
+    )
+
+
+def pool_service_scheduler(inventory: Inventory):
+    """Admins and QA return a quarantined pool to service (``qacloud pool release``)."""
+    return bb_schedulers.ForceScheduler(
+        name="pool-service",
+        builderNames=[POOL_SERVICE_BUILDER],
+        buttonName="Return pool to service",
+        label="Return a quarantined pool to service",
+        codebases=[util.CodebaseParameter("", hide=True)],
+        properties=[
+            util.ChoiceStringParameter(
+                name="pool", label="Pool", choices=list(inventory.pool_names), required=True
+            )
+        ],
+    )

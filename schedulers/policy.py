@@ -84,6 +84,7 @@ def _empty_state() -> dict[str, Any]:
         "blocked_from": None,  # the first blamed culprit still in staging
         "blocked_to": None,  # the highest commit known to contain it
         "blocked_tests": [],  # tests the blamed culprits of the block break
+        "groups": [],  # per blame: {culprit, tests, tip (staging tip at blame), fixed (sha|None)}
         "retries": [],  # [{commit, tests, avoid}]
         "inconclusive": {},  # sha -> count
         "stalled": [],  # shas whose retries are exhausted
@@ -107,6 +108,7 @@ class GatePolicy:
         s = copy.deepcopy(state) if state else _empty_state()
         if s.get("version") != STATE_VERSION:
             raise ValueError(f"gate state version {s.get('version')!r} is not {STATE_VERSION}")
+        s.setdefault("groups", [])  # (states saved before groups existed)
         self._s = s
         self._index = {c: i for i, c in enumerate(s["candidates"])}
 
@@ -496,6 +498,7 @@ class GatePolicy:
         good = self._good()
         if s["blocked_to"] is not None and self._blocked_index(good) is None:
             s["blocked_from"], s["blocked_to"], s["blocked_tests"] = None, None, []  # a fix passed
+            s["groups"] = []
         blocked = self._blocked_index(good)
         bad = self._bad(good) if blocked is None else None
 
@@ -584,6 +587,8 @@ class GatePolicy:
                 self._start(cand[tip], free.pop(0), "tip", None, out)
                 busy.add(cand[tip])
             self._hunt(good, free, busy, stalled, out)
+            if free:
+                self._probe_fixes(self._update_groups(), free, busy, out)
             return
 
         if bad is None:  # batch: the tip, then speculation below it
@@ -607,10 +612,26 @@ class GatePolicy:
         self._probe(good, bad, free, "bisect", tests, usable, out)
 
     def _tests_passed(self, sha: str) -> list[str] | None:
+        """Tests ``sha`` is shown to pass (None: all). A filtered pass covers every test when
+        a full-suite run above it failed only tests of the filter (the bisection's premise:
+        the other tests passed there, so they pass below it)."""
         passes = [r for r in self._s["results"].get(sha, []) if r["outcome"] == "pass"]
         if not passes or any(r["tests"] is None for r in passes):
             return None
-        return sorted({t for r in passes for t in r["tests"]})
+        covered = {
+            t
+            for r in self._s["results"][sha]
+            if r["outcome"] == "pass" or r["flake"]
+            for t in r["tests"] or ()
+        }
+        i = self._index.get(sha, -1)
+        for other, rs in self._s["results"].items():
+            if self._index.get(other, -1) > i:
+                for r in rs:
+                    full_fail = r["tests"] is None and r["outcome"] == "fail" and r["failed_tests"]
+                    if full_fail and not r["flake"] and set(r["failed_tests"]) <= covered:
+                        return None
+        return sorted(covered)
 
     def _explained(self, parent: int, failed: set[str]) -> set[str]:
         """The failed tests the parent was shown to pass (all of them after a full pass)."""
@@ -619,7 +640,7 @@ class GatePolicy:
             return failed if mt is None else (failed & set(mt))
         covered: set[str] = set()
         for r in self._s["results"].get(self._s["candidates"][parent], []):
-            if r["outcome"] == "pass":
+            if r["outcome"] == "pass" or r["flake"]:  # a flaky run's filter passed but for the flake
                 if r["tests"] is None:
                     return failed
                 covered |= set(r["tests"])
@@ -631,7 +652,66 @@ class GatePolicy:
             s["blocked_from"] = culprit
         s["blocked_to"] = s["candidates"][-1]
         s["blocked_tests"] = sorted(set(s["blocked_tests"]) | set(tests))
+        s["groups"].append(
+            {"culprit": culprit, "tests": sorted(tests), "tip": s["candidates"][-1], "fixed": None}
+        )
         s["retries"] = []
+
+    def _update_groups(self) -> list[dict]:
+        """Drop groups whose culprit left staging; mark a group fixed at the lowest commit
+        above its culprit shown to pass its tests (a revert or fix landed below it)."""
+        s = self._s
+        s["groups"] = [g for g in s["groups"] if g["culprit"] in self._index]
+        for g in s["groups"]:
+            if g["fixed"] is not None and g["fixed"] in self._index:
+                continue
+            g["fixed"] = None
+            ci, tests, best = self._index[g["culprit"]], set(g["tests"]), None
+            for sha, rs in s["results"].items():
+                i = self._index.get(sha, -1)
+                if i > ci and (best is None or i < best) and self._evidence(rs, tests) == "pass":
+                    best = i
+            if best is not None:
+                g["fixed"] = s["candidates"][best]
+        return s["groups"]
+
+    def _explained_at(self, i: int, groups: list[dict]) -> set[str]:
+        """Tests a commit's tree fails because of blamed culprits not yet fixed below it."""
+        out: set[str] = set()
+        for g in groups:
+            if self._index[g["culprit"]] <= i and (g["fixed"] is None or self._index[g["fixed"]] > i):
+                out.update(g["tests"])
+        return out
+
+    def _probe_fixes(self, groups: list[dict], free: list[str], busy: set[str], out: list[Action]) -> None:
+        """Find where each blamed culprit still failing at the top was fixed: test its tests
+        just above the staging tip at blame time (where the revert lands), then galloping up."""
+        s, cand = self._s, self._s["candidates"]
+        probing = {tuple(r["tests"] or ()) for r in s["runs"].values() if r["kind"] == "bisect"}
+        stalled = set(s["stalled"])
+        for g in groups:
+            if not free:
+                return
+            tests = set(g["tests"])
+            if g["fixed"] is not None or not tests or tuple(g["tests"]) in probing:
+                continue
+            start = max(self._index.get(g["tip"], -1), self._index[g["culprit"]])
+            still = any(
+                self._index.get(sha, -1) > start
+                and any(r["outcome"] == "fail" and set(r["failed_tests"]) & tests for r in rs)
+                for sha, rs in s["results"].items()
+            )
+            if not still:
+                continue
+            step = 1
+            while start + step < len(cand):
+                sha = cand[start + step]
+                ev = self._evidence(s["results"].get(sha, []), tests)
+                if ev is None and sha not in busy and sha not in stalled:
+                    self._start(sha, free.pop(0), "bisect", g["tests"], out)
+                    busy.add(sha)
+                    break
+                step *= 2
 
     def _hunt(self, good: int, free: list[str], busy: set[str], stalled: set[str], out: list[Action]) -> None:
         """Behind a block: a failure the blamed culprits do not explain (a second culprit,
@@ -641,26 +721,34 @@ class GatePolicy:
 
     def _hunt_once(self, good: int, free: list[str], busy: set[str], stalled: set[str], out: list) -> bool:
         s, cfg = self._s, self.config
-        cand, known = s["candidates"], set(s["blocked_tests"])
+        cand = s["candidates"]
+        groups = self._update_groups()
         h, hunted = -1, set()
         for sha, rs in s["results"].items():
             i = self._index.get(sha, -1)
-            if i <= max(good, h):
+            if i <= good or (h >= 0 and i >= h):
                 continue
-            extra = {t for r in rs if r["outcome"] == "fail" for t in r["failed_tests"]} - known
+            extra = {t for r in rs if r["outcome"] == "fail" for t in r["failed_tests"]}
+            extra -= self._explained_at(i, groups)
             if extra and self._evidence(rs, extra) == "fail":
                 h, hunted = i, extra
+
         if h < 0:
             return False
+
+        def evidence(i: int, rs: list[dict]) -> str | None:
+            own = hunted - self._explained_at(i, groups)  # masked tests say nothing here
+            return "pass" if not own else self._evidence(rs, own)
+
         lo = good
         for sha, rs in s["results"].items():
             i = self._index.get(sha, -1)
-            if lo < i < h and self._evidence(rs, hunted) == "pass":
+            if lo < i < h and evidence(i, rs) == "pass":
                 lo = i
         hi = h
         for sha, rs in s["results"].items():
             i = self._index.get(sha, -1)
-            if lo < i < hi and self._evidence(rs, hunted) == "fail":
+            if lo < i < hi and evidence(i, rs) == "fail":
                 hi = i
         tests = sorted(hunted)
         if hi == lo + 1:
@@ -701,9 +789,7 @@ class GatePolicy:
 
         def usable(i: int) -> bool:
             c = cand[i]
-            return (
-                c not in busy and c not in stalled and self._evidence(s["results"].get(c, []), hunted) is None
-            )
+            return c not in busy and c not in stalled and evidence(i, s["results"].get(c, [])) is None
 
         self._probe(lo, hi, free, "bisect", tests, usable, out)
         return False

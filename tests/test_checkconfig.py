@@ -69,7 +69,7 @@ def test_wiring_one_worker_per_pool_and_no_collapsing():
     assert {"pool1-qavm", "pool2-qavm"} <= set(names)
     assert c["collapseRequests"] is False
     builders = {b.name: b for b in c["builders"]}
-    assert {"gate-bvt", "try-bvt", "promote"} <= set(builders)
+    assert {"gate-bvt", "try-bvt", "pool-service"} <= set(builders)
     assert all(b.collapseRequests is False for b in builders.values())
     assert c["www"]["port"].endswith("interface=127.0.0.1")
     assert c["protocols"]["pb"]["port"].endswith("interface=127.0.0.1")

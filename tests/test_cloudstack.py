@@ -221,6 +221,7 @@ def test_cloudstack_steps_in_order():
         "puppet-kvm",
         "storage",
         "marvin-config",
+        "install-marvin",
         "deploy-zone",
         "health-script",
         "health-check",

@@ -314,7 +314,8 @@ class Simulator:
                 failed = tuple(t for t in failed if t in a.tests)
         elif crn.uniform(self.seed, "flake", a.commit, attempt) < self.flake_rate:
             outcome = "fail"
-            failed = (SUITE[int(crn.uniform(self.seed, "flaky-test", a.commit, attempt) * len(SUITE))],)
+            pick = a.tests or SUITE  # a filtered run can only flake on a test it ran
+            failed = (pick[int(crn.uniform(self.seed, "flaky-test", a.commit, attempt) * len(pick))],)
         else:
             outcome = "pass"
         run = Run(

@@ -1,0 +1,538 @@
+"""The gate's Buildbot scheduler: a thin adapter between Buildbot and ``GatePolicy``.
+
+It turns the world into policy events and the policy's actions into Buildbot work:
+
+* staging (GitPoller changes on staging, plus a periodic fetch) -> ``StagingUpdated``, read from
+  a bare mirror of the repository under the master's basedir;
+* pools from the inventory -> ``PoolAvailable`` at activation (``PoolUnavailable`` when
+  quarantined, see ``workers/health.py``);
+* ``StartRun`` -> one buildset per revision on ``gate-bvt`` (properties pool, gate_run_id,
+  gate_kind, bvt_tests); a completed buildset -> ``RunFinished`` (``schedulers/outcome.py``);
+* ``CancelRun`` -> cancel the build request (or stop its build); ``Promote`` -> a plain push of
+  exactly that sha to master, then ``Promoted``; ``Revert`` -> a revert pushed to staging;
+  ``Blame`` / ``RecordFlake`` / ``Alert`` -> the ``gate-notifier`` service and twistd.log.
+
+Every event is handled under one lock and the policy state ("policy"), the dashboard view
+("view"), the run -> buildset map ("runs") and pool health ("health") are persisted with
+``setState`` after every decision. Restart safety: on activation the state is loaded and each
+remembered run is reconciled with the DB (finished while the master was down -> classified;
+still pending/running -> kept, never resubmitted; buildset missing -> inconclusive).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from buildbot.process.properties import Properties
+from buildbot.process.results import CANCELLED
+from buildbot.schedulers.base import ReconfigurableBaseScheduler
+from twisted.internet import defer, task
+from twisted.python import log
+
+from schedulers import gitops
+from schedulers.events import (
+    Action,
+    Alert,
+    Blame,
+    CancelRun,
+    Event,
+    PoolAvailable,
+    PoolUnavailable,
+    Promote,
+    Promoted,
+    RecordFlake,
+    Revert,
+    RunFinished,
+    StagingUpdated,
+    StartRun,
+)
+from schedulers.outcome import Classified, classify
+from schedulers.policy import GatePolicy, config_from_settings
+from workers import health as pool_health
+
+GATE_SCHEDULER = "gate"
+NOTIFIER = "gate-notifier"
+GATE_AUTHOR = "qacloud gate <qacloud@localhost>"
+URL_HISTORY = 400  # run_id -> build URL entries kept for blame mails
+
+
+def _short(sha: str | None) -> str:
+    return (sha or "?")[:12]
+
+
+class GateScheduler(ReconfigurableBaseScheduler):
+    """Drives ``schedulers.policy.GatePolicy`` (see the module docstring)."""
+
+    compare_attrs: ClassVar = (
+        *ReconfigurableBaseScheduler.compare_attrs,
+        "repo_url",
+        "master_branch",
+        "staging_branch",
+        "pools",
+        "gate",
+        "fetch_interval",
+        "quarantine_after",
+        "mirror_dir",
+        "health_builders",
+    )
+
+    def __init__(self, name: str, builderNames: list[str], **kwargs: Any) -> None:
+        super().__init__(name=name, builderNames=builderNames, **kwargs)
+        self._lock = defer.DeferredLock()
+        self.policy: GatePolicy | None = None
+        self.health: pool_health.PoolHealth | None = None
+        self._runs: dict[str, dict] = {}  # run_id -> {"bsid", "brid"}
+        self._urls: dict[str, str] = {}  # run_id -> build URL
+        self._last_seen: tuple[str, str] | None = None  # (master, staging) last fed
+        self._consumers: list = []
+        self._timer: task.LoopingCall | None = None
+        self._poll_queued = False
+        self._queued: list[Event] = []  # events produced while acting (Promoted)
+
+    def checkConfig(  # type: ignore[override]
+        self,
+        builderNames: list[str],
+        repo_url: str = "",
+        master_branch: str = "master",
+        staging_branch: str = "staging",
+        pools: Iterable[str] = (),
+        gate: Any = None,
+        fetch_interval: int = 60,
+        quarantine_after: int = 3,
+        mirror_dir: str = "gate-mirror.git",
+        health_builders: Iterable[str] = (),
+        **kwargs: Any,
+    ) -> None:
+        from buildbot import config
+
+        super().checkConfig(builderNames=builderNames, **kwargs)
+        if not repo_url:
+            config.error("GateScheduler: repo_url (settings repository.url) is required")
+        if gate is None:
+            config.error("GateScheduler: gate (settings 'gate' section) is required")
+        if fetch_interval <= 0:
+            config.error(f"GateScheduler: fetch_interval must be > 0, got {fetch_interval}")
+        if quarantine_after < 1:
+            config.error(f"GateScheduler: quarantine_after must be >= 1, got {quarantine_after}")
+
+    async def reconfigService(  # type: ignore[override]
+        self,
+        builderNames: list[str],
+        repo_url: str = "",
+        master_branch: str = "master",
+        staging_branch: str = "staging",
+        pools: Iterable[str] = (),
+        gate: Any = None,
+        fetch_interval: int = 60,
+        quarantine_after: int = 3,
+        mirror_dir: str = "gate-mirror.git",
+        health_builders: Iterable[str] = (),
+        **kwargs: Any,
+    ) -> None:
+        await super().reconfigService(builderNames=builderNames, **kwargs)
+        self.repo_url = repo_url
+        self.master_branch = master_branch
+        self.staging_branch = staging_branch
+        self.pools = list(pools)
+        self.gate = gate
+        self.fetch_interval = fetch_interval
+        self.quarantine_after = quarantine_after
+        self.mirror_dir = mirror_dir
+        self.health_builders = set(health_builders) or set(builderNames)
+        if self.health is not None:
+            self.health.quarantine_after = quarantine_after
+        if self.active and self.policy is not None:  # pools may have come or gone
+            await self._lock.run(self._process_async, self._pool_events())
+
+    # ------------------------------------------------------------------ activation
+
+    @property
+    def git_dir(self) -> str:
+        return os.path.join(self.master.basedir, self.mirror_dir)
+
+    async def activate(self) -> None:
+        await super().activate()
+        if not self.enabled:
+            return
+        await self._lock.run(self._load_state_async)
+        self._consumers.append(
+            await self.master.mq.startConsuming(self._buildset_complete, ("buildsets", None, "complete"))
+        )
+        self._consumers.append(
+            await self.master.mq.startConsuming(self._build_finished, ("builds", None, "finished"))
+        )
+        await self.startConsumingChanges()
+        await self._lock.run(self._startup_async)
+        self._timer = task.LoopingCall(self._poll)
+        self._timer.clock = self.master.reactor
+        self._timer.start(self.fetch_interval, now=False).addErrback(log.err, "gate: periodic fetch")
+
+    async def deactivate(self) -> None:
+        if self._timer is not None and self._timer.running:
+            self._timer.stop()
+        self._timer = None
+        for c in self._consumers:
+            c.stopConsuming()
+        self._consumers = []
+        await super().deactivate()
+        # wait for a decision in progress, then forget the health registry
+        await self._lock.run(lambda: defer.succeed(None))
+        if pool_health.current() is self.health:
+            pool_health.register(None)
+
+    def _load_state_async(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._load_state())
+
+    async def _load_state(self) -> None:
+        state = await self.getState("policy", None)
+        cfg = config_from_settings(self.gate)
+        try:
+            self.policy = GatePolicy(cfg, state)
+        except ValueError as e:
+            log.msg(f"gate: cannot resume from the stored gate state ({e}); starting from scratch")
+            self.policy = GatePolicy(cfg, None)
+        self.policy.config = config_from_settings(self.gate, self.policy.observed_flake_rate())
+        self._runs = dict(await self.getState("runs", {}))
+        self._urls = dict(await self.getState("urls", {}))
+        self.health = pool_health.PoolHealth(self.quarantine_after, await self.getState("health", None))
+        pool_health.register(self.health)
+        if state:
+            log.msg(
+                f"gate: resumed: master {_short(self.policy.master)}, "
+                f"{len(self.policy.candidates)} candidate(s), {len(self.policy.in_flight())} run(s) in flight"
+            )
+
+    def _startup_async(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._startup())
+
+    async def _startup(self) -> None:
+        try:
+            await gitops.ensure_mirror(self.master.reactor, self.git_dir, self.repo_url)
+        except gitops.GitError as e:
+            log.msg(f"gate: {e}")
+        events: list[Event] = await self._reconcile()
+        events.extend(self._pool_events())
+        await self._process(events)
+        await self._refresh()
+
+    def _pool_events(self) -> list[Event]:
+        """PoolAvailable for usable pools, PoolUnavailable for quarantined or removed ones."""
+        assert self.policy is not None and self.health is not None
+        events: list[Event] = []
+        for pool in self.pools:
+            if self.health.is_quarantined(pool):
+                events.append(PoolUnavailable(pool, f"quarantined: {self.health.reason(pool)}"))
+            else:
+                events.append(PoolAvailable(pool))
+        known = self.policy.view()["pools"]
+        for pool, p in known.items():
+            if pool not in self.pools and p["state"] != "unavailable":
+                events.append(PoolUnavailable(pool, "no longer in the lab inventory"))
+        return events
+
+    async def _reconcile(self) -> list[Event]:
+        """Runs in flight in the stored state, checked against the DB after a (re)start."""
+        assert self.policy is not None
+        events: list[Event] = []
+        for run_id, run in self.policy.in_flight().items():
+            m = self._runs.get(run_id)
+            bs = await self.master.db.buildsets.getBuildset(m["bsid"]) if m else None
+            if bs is None:
+                log.msg(
+                    f"gate: run {run_id} of {_short(run['commit'])} has no buildset (the master stopped"
+                    " before creating it): inconclusive, the gate will retry it"
+                )
+                events.append(RunFinished(run_id, "inconclusive", reason="buildset missing after restart"))
+            elif bs.complete:
+                c = await self._classify(m["bsid"], run_id)
+                log.msg(f"gate: run {run_id} of {_short(run['commit'])} finished while the master was down")
+                events.append(self._finished_event(run_id, run, c))
+            else:
+                log.msg(
+                    f"gate: run {run_id} of {_short(run['commit'])} still pending/running: waiting for it"
+                )
+        in_flight = self.policy.in_flight()
+        for run_id in list(self._runs):
+            if run_id not in in_flight:  # cancelled earlier or already fed
+                bs = await self.master.db.buildsets.getBuildset(self._runs[run_id]["bsid"])
+                if bs is None or bs.complete:
+                    del self._runs[run_id]
+        return events
+
+    # ------------------------------------------------------------------ inputs
+
+    async def gotChange(self, change, important) -> None:  # type: ignore[override]
+        if change.branch and change.branch != self.staging_branch:
+            return
+        log.msg(f"gate: change {_short(change.revision)} on {change.branch}: fetching")
+        await self._lock.run(self._refresh_async)
+
+    def _poll(self) -> defer.Deferred | None:
+        if self._poll_queued:
+            return None
+        self._poll_queued = True
+
+        def done(r):
+            self._poll_queued = False
+            return r
+
+        d = self._lock.run(self._refresh_async)
+        d.addBoth(done)
+        d.addErrback(log.err, "gate: periodic fetch failed")
+        return d
+
+    def poke(self) -> defer.Deferred:
+        """Fetch now (the webhook calls this)."""
+        return self._lock.run(self._refresh_async)
+
+    def _refresh_async(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._refresh())
+
+    async def _refresh(self) -> None:
+        """Fetch master and staging; feed StagingUpdated when either moved."""
+        if self.policy is None:
+            return
+        reactor = self.master.reactor
+        try:
+            m, s = await gitops.fetch(reactor, self.git_dir, self.master_branch, self.staging_branch)
+            if (m, s) == self._last_seen:
+                return
+            commits = await gitops.candidates_async(reactor, self.git_dir, m, s)
+        except gitops.GitError as e:
+            log.msg(f"gate: cannot read {self.repo_url}: {e}")
+            return
+        self._last_seen = (m, s)
+        log.msg(f"gate: master {_short(m)}, staging {_short(s)}: {len(commits)} candidate(s)")
+        await self._process(
+            [StagingUpdated(m, tuple(c for c, _ in commits), {c: a for c, a in commits}, self._now())]
+        )
+
+    def _buildset_complete(self, key, msg) -> defer.Deferred | None:
+        bsid = msg.get("bsid")
+        if not any(r["bsid"] == bsid for r in self._runs.values()):
+            return None
+        d = self._lock.run(lambda: defer.ensureDeferred(self._on_buildset_complete(bsid)))
+        d.addErrback(log.err, f"gate: handling completed buildset {bsid}")
+        return d
+
+    async def _on_buildset_complete(self, bsid: int) -> None:
+        assert self.policy is not None
+        run_id = next((rid for rid, r in self._runs.items() if r["bsid"] == bsid), None)
+        if run_id is None:
+            return
+        run = self.policy.in_flight().get(run_id)
+        if run is None:  # cancelled by the gate: not evidence
+            del self._runs[run_id]
+            await self.setState("runs", self._runs)
+            return
+        c = await self._classify(bsid, run_id)
+        await self._process([self._finished_event(run_id, run, c)])
+
+    def _finished_event(self, run_id: str, run: dict, c: Classified) -> RunFinished:
+        log.msg(
+            f"gate: run {run_id} ({run['kind']}) of {_short(run['commit'])} on {run['pool']}: {c.outcome}"
+            + (f", failed {', '.join(c.failed_tests)}" if c.failed_tests else "")
+            + (f" ({c.reason})" if c.reason else "")
+        )
+        return RunFinished(run_id, c.outcome, c.failed_tests, c.reason, self._now())  # type: ignore[arg-type]
+
+    async def _classify(self, bsid: int, run_id: str) -> Classified:
+        """The outcome of a run's (completed) buildset from its last build."""
+        brs = await self.master.db.buildrequests.getBuildRequests(bsid=bsid)
+        builds = []
+        for br in brs:
+            builds.extend(await self.master.db.builds.getBuilds(buildrequestid=br.buildrequestid))
+        if not builds:
+            return Classified("inconclusive", (), "the build request ended before a build started")
+        build = max(builds, key=lambda b: b.id)
+        props = await self.master.db.builds.getBuildProperties(build.id)
+        self._urls[run_id] = f"{self._base_url()}#/builders/{build.builderid}/builds/{build.number}"
+        while len(self._urls) > URL_HISTORY:
+            del self._urls[next(iter(self._urls))]
+        return classify(build.results, props)
+
+    def _base_url(self) -> str:
+        cfg = getattr(self.master, "config", None)
+        return getattr(cfg, "buildbotURL", None) or "/"
+
+    def _build_finished(self, key, msg) -> defer.Deferred | None:
+        """Every finished BVT build (gate and try) tells on its pool's health."""
+        if self.health is None or msg.get("results") == CANCELLED:
+            return None
+        d = self._lock.run(lambda: defer.ensureDeferred(self._on_build_finished(msg)))
+        d.addErrback(log.err, "gate: recording pool health")
+        return d
+
+    async def _on_build_finished(self, msg: dict) -> None:
+        assert self.health is not None
+        builder = await self.master.data.get(("builders", msg["builderid"]))
+        if not builder or builder["name"] not in self.health_builders:
+            return
+        props = await self.master.db.builds.getBuildProperties(msg["buildid"])
+        pool = _prop(props, "pool")
+        if not pool or pool not in self.pools:
+            return
+        c = classify(msg.get("results"), props)
+        rec = self.health.record(pool, c.outcome == "inconclusive", c.reason)
+        if rec.quarantined:
+            log.msg(f"gate: QUARANTINE pool {pool}: {rec.reason}")
+            self._notify("quarantined", pool, rec.reason)
+            await self._process([PoolUnavailable(pool, f"quarantined: {rec.reason}", self._now())])
+        else:
+            await self.setState("health", self.health.to_state())
+
+    async def release_pool(self, pool: str) -> bool:
+        """Return a quarantined pool to service (the pool-service builder calls this)."""
+        return await self._lock.run(lambda: defer.ensureDeferred(self._release(pool)))
+
+    async def _release(self, pool: str) -> bool:
+        if self.health is None:
+            raise RuntimeError("the gate is not active on this master")
+        if pool not in self.pools:
+            raise ValueError(f"unknown pool {pool!r} (pools: {', '.join(self.pools)})")
+        was = self.health.release(pool)
+        log.msg(f"gate: pool {pool} returned to service" + ("" if was else " (it was not quarantined)"))
+        await self._process([PoolAvailable(pool, self._now())])
+        return was
+
+    # ------------------------------------------------------------------ decisions
+
+    def _process_async(self, events: list[Event]) -> defer.Deferred:
+        return defer.ensureDeferred(self._process(events))
+
+    async def _process(self, events: list[Event]) -> None:
+        """Feed events (and the events actions produce) to the policy; persist; act. Under the lock."""
+        assert self.policy is not None
+        self._queued.extend(events)
+        first = True
+        while self._queued or first:
+            first = False
+            batch, self._queued = self._queued, []
+            self.policy.config = config_from_settings(self.gate, self.policy.observed_flake_rate())
+            actions = self.policy.handle_all(batch)
+            await self._save()
+            for a in actions:
+                await self._act(a)
+        await self._save()
+
+    async def _save(self) -> None:
+        assert self.policy is not None and self.health is not None
+        await self.setState("policy", self.policy.to_state())
+        await self.setState("view", self.policy.view())
+        await self.setState("runs", self._runs)
+        await self.setState("urls", self._urls)
+        await self.setState("health", self.health.to_state())
+
+    async def _act(self, a: Action) -> None:
+        if isinstance(a, StartRun):
+            await self._start_run(a)
+        elif isinstance(a, CancelRun):
+            await self._cancel_run(a)
+        elif isinstance(a, Promote):
+            self._queued.append(await self._promote(a.commit))
+        elif isinstance(a, Blame):
+            urls = [self._urls[r] for r in a.run_ids if r in self._urls]
+            log.msg(
+                f"gate: BLAME {a.commit} by {a.author or '?'}: breaks"
+                f" {', '.join(a.failed_tests) or 'the BVT'} (runs {', '.join(a.run_ids)})"
+            )
+            self._notify("blame", a.commit, a.author, list(a.failed_tests), urls)
+        elif isinstance(a, RecordFlake):
+            log.msg(f"gate: FLAKE {', '.join(a.tests) or 'tests'} at {_short(a.commit)} (run {a.run_id})")
+        elif isinstance(a, Alert):
+            log.msg(f"gate: ALERT {a.kind}: {a.message}")
+            self._notify("alert", a.kind, a.message)
+        elif isinstance(a, Revert):
+            await self._revert(a.commit)
+        else:
+            log.msg(f"gate: unknown action {a!r}")
+
+    async def _start_run(self, a: StartRun) -> None:
+        props = Properties()
+        props.setProperty("pool", a.pool, "Gate")
+        props.setProperty("gate_run_id", a.run_id, "Gate")
+        props.setProperty("gate_kind", a.kind, "Gate")
+        if a.tests is not None:
+            props.setProperty("bvt_tests", list(a.tests), "Gate")
+        scope = f" ({len(a.tests)} test(s))" if a.tests is not None else ""
+        reason = f"gate {a.kind} run {a.run_id} of {_short(a.commit)} on {a.pool}{scope}"
+        bsid, brids = await self.addBuildsetForSourceStampsWithDefaults(
+            reason,
+            sourcestamps=[
+                {
+                    "codebase": "",
+                    "repository": self.repo_url,
+                    "branch": self.staging_branch,
+                    "revision": a.commit,
+                    "project": "",
+                }
+            ],
+            properties=props,
+            builderNames=list(self.builderNames),
+        )
+        self._runs[a.run_id] = {"bsid": bsid, "brid": next(iter(brids.values()), None)}
+        await self.setState("runs", self._runs)  # before anything can depend on it
+        log.msg(f"gate: START {reason} (buildset {bsid})")
+
+    async def _cancel_run(self, a: CancelRun) -> None:
+        m = self._runs.get(a.run_id)
+        log.msg(f"gate: CANCEL run {a.run_id}: {a.reason}")
+        if not m or m.get("brid") is None:
+            return
+        try:
+            await self.master.data.control(
+                "cancel", {"reason": f"gate: {a.reason}"}, ("buildrequests", m["brid"])
+            )
+        except Exception as e:  # a request that already finished cannot be cancelled
+            log.msg(f"gate: could not cancel build request {m['brid']} of run {a.run_id}: {e}")
+
+    async def _promote(self, sha: str) -> Promoted:
+        reactor = self.master.reactor
+        self._last_seen = None  # re-read master and staging on the next fetch
+        try:
+            m, _ = await gitops.fetch(reactor, self.git_dir, self.master_branch, self.staging_branch)
+            if m == sha or await gitops.is_ancestor(reactor, self.git_dir, sha, m):
+                log.msg(f"gate: PROMOTE {sha}: master already contains it ({_short(m)})")
+                return Promoted(sha, True, "", self._now())
+            result = await gitops.push_master(reactor, self.git_dir, sha, self.master_branch)
+        except gitops.GitError as e:
+            result = gitops.PushResult(False, str(e))
+        if result.ok:
+            log.msg(f"gate: PROMOTE {sha}: pushed to {self.master_branch}")
+        else:
+            log.msg(f"gate: PROMOTE {sha} failed: {result.reason}")
+        return Promoted(sha, result.ok, result.reason, self._now())
+
+    async def _revert(self, culprit: str) -> None:
+        reactor = self.master.reactor
+        self._last_seen = None
+        try:
+            await gitops.fetch(reactor, self.git_dir, self.master_branch, self.staging_branch)
+            sha = await gitops.revert_on_staging(
+                reactor, self.git_dir, culprit, self.staging_branch, GATE_AUTHOR
+            )
+        except gitops.GitError as e:
+            log.msg(f"gate: REVERT of {_short(culprit)} failed: {e}")
+            self._notify("alert", "revert-failed", f"could not revert {culprit} on staging: {e}")
+            return
+        log.msg(f"gate: REVERT {culprit}: pushed revert {sha} to {self.staging_branch}")
+
+    def _notify(self, method: str, *args: Any) -> None:
+        """Call the gate-notifier service in the background (mail must not stall decisions)."""
+        svc = self.master.namedServices.get(NOTIFIER)
+        if svc is None or not hasattr(svc, method):
+            return
+        d = defer.ensureDeferred(getattr(svc, method)(*args))
+        d.addErrback(log.err, f"gate: notifier {method} failed")
+
+    def _now(self) -> float:
+        return float(self.master.reactor.seconds())
+
+
+def _prop(props: dict, name: str) -> Any:
+    v = props.get(name)
+    if isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[1], str):
+        return v[0]
+    return v

@@ -1,0 +1,139 @@
+"""The gate end to end: a real master, two real workers (two pools), a real git origin.
+
+The project's own test script fails from commit X on. Eight commits are pushed to staging at
+once: the gate promotes X's parent, bisects, confirms and blames X; the master is SIGKILLed
+mid-bisect and restarted, and the gate finishes with the same result without repeating a
+finished run. Then a fix on top of staging gets everything promoted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections import Counter
+
+from buildbot.process.results import CANCELLED, RETRY
+
+from tests.support.procs import GitProject, make_deployment, simple_pool, wait_for
+
+RUN_TESTS = 'if [ $# -eq 0 ]; then set -- discover; fi\nexec python3 -m unittest -v "$@"\n'
+TEST_APP = """\
+import pathlib
+import unittest
+
+
+class AppTests(unittest.TestCase):
+    def test_always(self):
+        self.assertTrue(True)
+
+    def test_value(self):
+        self.assertEqual(pathlib.Path("value.txt").read_text().strip(), "ok")
+"""
+FAILING_TEST = "test_app.AppTests.test_value"
+
+
+def _view(dep) -> dict | None:
+    """The gate's persisted view (object state ("gate", "GateScheduler")["view"])."""
+    db = dep.master.basedir / "state.sqlite"
+    with sqlite3.connect(db, timeout=10) as conn:
+        row = conn.execute(
+            "SELECT s.value_json FROM object_state s JOIN objects o ON o.id = s.objectid"
+            " WHERE o.name = 'gate' AND o.class_name = 'GateScheduler' AND s.name = 'view'"
+        ).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def _gate_builds(dep) -> list[dict]:
+    q = "builds?property=gate_run_id&property=gate_kind&property=bvt_tests&property=revision"
+    out = []
+    for b in dep.master.api(q)["builds"]:
+        props = {k: v[0] for k, v in (b.get("properties") or {}).items()}
+        if props.get("gate_run_id"):
+            out.append({**b, "props": props})
+    return out
+
+
+def test_gate_bisects_blames_survives_sigkill_and_promotes_the_fix(tmp_path):
+    proj = GitProject.create(
+        tmp_path / "repo", {"run-tests.sh": RUN_TESTS, "test_app.py": TEST_APP, "value.txt": "ok\n"}
+    )
+    dep = make_deployment(
+        tmp_path / "qa",
+        str(proj.origin),
+        [simple_pool("pool1", 1), simple_pool("pool2", 2)],
+        extra={"gate": {"confirm_runs": 1, "culprit_action": "hold"}},
+    )
+    dep.start()
+    try:
+        dep.wait_workers()
+        m = dep.master
+        initial = proj.head("master")
+        wait_for(lambda: (_view(dep) or {}).get("master") == initial, 30, "the gate to start")
+
+        shas = []
+        for i in range(1, 9):
+            files = {f"notes/{i}.txt": f"change {i}\n"}
+            if i == 5:  # X: breaks test_value from here on
+                files["value.txt"] = "broken\n"
+            shas.append(proj.commit(f"change {i}", files, author=f"Dev{i} <dev{i}@example.org>"))
+        culprit, parent = shas[4], shas[3]
+        proj.push_staging()
+
+        # SIGKILL the master mid-bisect: a bisect-phase run finished, another one running
+        def mid_bisect():
+            v = _view(dep) or {}
+            finished = [r for rs in v.get("results", {}).values() for r in rs]
+            bisected = any(r["kind"] in ("bisect", "confirm", "parent") for r in finished)
+            if not (bisected and v.get("runs") and not v.get("culprits")):
+                return None
+            return [b for b in _gate_builds(dep) if not b["complete"]]
+
+        running = wait_for(mid_bisect, 90, "a bisect run finished and another one running")
+        m.kill()
+        m.start()
+
+        def blamed():
+            v = _view(dep) or {}
+            return [c for c in v.get("culprits", []) if c["commit"] == culprit]
+
+        try:
+            (c,) = wait_for(blamed, 120, f"the gate to blame {culprit[:12]}")
+            wait_for(lambda: proj.head("master") == parent, 30, "master at X's parent")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{m.log_tail(120)}") from None
+        assert c["author"] == "Dev5 <dev5@example.org>"
+        assert c["failed_tests"] == [FAILING_TEST]
+        log = (m.basedir / "twistd.log").read_text()
+        assert re.search(rf"gate: BLAME {culprit} by Dev5 <dev5@example.org>: breaks {FAILING_TEST}", log)
+        assert "gate: resumed:" in log
+        view = _view(dep)
+        statuses = {cand["commit"]: cand["status"] for cand in view["candidates"]}
+        assert statuses[culprit] == "culprit"
+        assert all(statuses[s] == "blocked" for s in shas[5:])
+
+        # a fix on top of staging: the tip passes and everything goes to master
+        fix = proj.commit("fix value", {"value.txt": "ok\n"}, author="Dev9 <dev9@example.org>")
+        proj.push_staging()
+        wait_for(lambda: proj.head("master") == fix, 90, "the fix promoted to master")
+
+        # builds over REST: no finished run repeated (across the SIGKILL), culprit's runs failed
+        builds = _gate_builds(dep)
+        finished = [b for b in builds if b["complete"] and b["results"] not in (RETRY, CANCELLED)]
+        per_run = Counter(b["props"]["gate_run_id"] for b in finished)
+        assert [r for r, n in per_run.items() if n > 1] == [], per_run
+        key = Counter(
+            (b["props"]["revision"], b["props"]["gate_kind"], json.dumps(b["props"].get("bvt_tests")))
+            for b in finished
+            if b["props"]["gate_kind"] != "confirm"
+        )
+        assert [k for k, n in key.items() if n > 1] == [], key
+        on_culprit = [b for b in finished if b["props"]["revision"] == culprit]
+        assert len(on_culprit) >= 2 and all(b["results"] == 2 for b in on_culprit)
+        # the builds running at the kill were lost with the master (RETRY) and re-run by
+        # Buildbot for the same gate run, not resubmitted by the gate as a new run
+        for b in running:
+            lost = [x for x in builds if x["buildid"] == b["buildid"]]
+            assert lost and lost[0]["results"] == RETRY, lost
+    finally:
+        dep.stop()

@@ -1,0 +1,97 @@
+"""Pool health: quarantine a pool after consecutive infrastructure failures.
+
+Every BVT run that ends on a pool is recorded: an *inconclusive* end (``infra_failure``, lost
+worker, exception; never a cancellation) counts against the pool, any conclusive end (pass or
+fail: the pool worked) resets its count. After ``settings.pools.quarantine_after`` consecutive
+infrastructure failures the pool is quarantined: ``make_next_worker`` gives it no build
+request and the gate stops planning runs on it, until a QA engineer releases it (the
+``pool-service`` builder or ``qacloud pool release POOL``).
+
+``PoolHealth`` is plain data; the gate scheduler owns the instance, persists ``to_state()``
+(its state key "health") and registers it here so ``nextWorker`` of the BVT builders can
+consult it (:func:`is_quarantined`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+HEALTH_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What one recorded run did to its pool."""
+
+    pool: str
+    failures: int  # consecutive infrastructure failures now
+    quarantined: bool  # True only when this record put the pool in quarantine
+    reason: str = ""
+
+
+class PoolHealth:
+    """Consecutive infrastructure failures per pool and the quarantined pools."""
+
+    def __init__(self, quarantine_after: int, state: dict | None = None) -> None:
+        if quarantine_after < 1:
+            raise ValueError(f"quarantine_after must be at least 1, got {quarantine_after}")
+        self.quarantine_after = quarantine_after
+        s = copy.deepcopy(state) if state else {}
+        self._failures: dict[str, int] = dict(s.get("failures", {}))
+        self._quarantined: dict[str, str] = dict(s.get("quarantined", {}))
+
+    def record(self, pool: str, infrastructure_failure: bool, reason: str = "") -> Recorded:
+        """One run ended on ``pool``; ``infrastructure_failure``: it could not judge the commit."""
+        if not infrastructure_failure:
+            self._failures[pool] = 0
+            return Recorded(pool, 0, False)
+        n = self._failures.get(pool, 0) + 1
+        self._failures[pool] = n
+        if n >= self.quarantine_after and pool not in self._quarantined:
+            why = f"{n} consecutive infrastructure failures (last: {reason or 'unknown'})"
+            self._quarantined[pool] = why
+            return Recorded(pool, n, True, why)
+        return Recorded(pool, n, False)
+
+    def is_quarantined(self, pool: str) -> bool:
+        return pool in self._quarantined
+
+    def reason(self, pool: str) -> str:
+        return self._quarantined.get(pool, "")
+
+    def quarantined(self) -> dict[str, str]:
+        """pool -> reason of every quarantined pool."""
+        return dict(self._quarantined)
+
+    def release(self, pool: str) -> bool:
+        """Return ``pool`` to service (its count starts again); False if it was not quarantined."""
+        self._failures[pool] = 0
+        return self._quarantined.pop(pool, None) is not None
+
+    def to_state(self) -> dict:
+        return {
+            "version": HEALTH_VERSION,
+            "failures": dict(self._failures),
+            "quarantined": dict(self._quarantined),
+        }
+
+
+# The running master's PoolHealth (one master process, one gate): set by the gate scheduler
+# when it activates, read by the BVT builders' nextWorker.
+_current: PoolHealth | None = None
+
+
+def register(health: PoolHealth | None) -> None:
+    global _current
+    _current = health
+
+
+def current() -> PoolHealth | None:
+    return _current
+
+
+def is_quarantined(pool: str) -> bool:
+    """Whether the running gate has ``pool`` in quarantine (False before the gate is active)."""
+    h = _current
+    return h is not None and h.is_quarantined(pool)
