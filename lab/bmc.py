@@ -51,8 +51,41 @@ class _Sha1OnlyServerSession(_original_server_session):
         request = bytearray(request)
         # byte 12 of the Open Session Request: the requested authentication algorithm
         if len(request) > 12 and request[12] != _RAKP_HMAC_SHA1:
+            self.close_server_session()  # the client's SHA-1 retry must reach the BMC, not us
             return bytearray([request[0], _RMCP_INVALID_AUTH_ALGORITHM, 0, 0]) + request[4:8]
         return super().create_open_session_response(request)
+
+    def _handle_ipmi_packet(self, data, sockaddr=None, qent=None):
+        # A new client on a source port we already saw: pyghmi forgets *every* BMC's session
+        # with that client address (one client often talks to several BMCs from one port);
+        # forget only this BMC's and hand the packet to the BMC.
+        if (
+            qent is not None
+            and len(data) >= 13
+            and data[4] in (0, 2)
+            and bytes(data[5:13]) == bytes(8)
+            and qent[2] in ipmisession.Session.bmc_handlers
+        ):
+            self.close_server_session()
+            self.bmc.pktqueue.append(qent)
+            self.bmc.process_pktqueue()
+            return None
+        return super()._handle_ipmi_packet(data, sockaddr=sockaddr, qent=qent)
+
+    # pyghmi never forgets a closed server session (close_server_session is a no-op), and when
+    # one client address talks to several BMCs it may route a new session's first, sessionless
+    # packet to such a stale session, which has no sessionless_data: the I/O thread died and
+    # every BMC of the process stopped answering (seen in the demo). Forget closed sessions, and
+    # hand stray sessionless packets to the BMC, as for a new client.
+    def close_server_session(self):
+        handlers = ipmisession.Session.bmc_handlers.get(self.sockaddr)
+        if isinstance(handlers, dict) and handlers.get(self.bmc.port) is self:
+            del handlers[self.bmc.port]
+            if not handlers:
+                ipmisession.Session.bmc_handlers.pop(self.sockaddr, None)
+
+    def sessionless_data(self, data, sockaddr):
+        self.bmc.sessionless_data(data, sockaddr)
 
 
 def install_server_fix() -> None:
@@ -218,7 +251,10 @@ class BmcFleet:
 
     def _serve(self) -> None:
         while not self._stopping.is_set():
-            ipmisession.Session.wait_for_rsp(0.2)
+            try:
+                ipmisession.Session.wait_for_rsp(0.2)
+            except Exception as e:  # one bad packet must not silence every BMC of the process
+                print(f"virtual BMCs: dropped a packet pyghmi could not handle: {e!r}", file=sys.stderr, flush=True)
 
     def remove(self, name: str) -> None:
         """Stop one BMC (it no longer answers: a 'BMC down' fault)."""

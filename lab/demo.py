@@ -382,6 +382,9 @@ class Demo:
             elif len(shas) == 3 and w.master_sha == shas[2][-1]:
                 marks["fix_promoted"] = time.time()
                 break
+            if self.ci and any(a.get("kind") == "retries-exhausted" for a in (w.view or {}).get("alerts") or []):
+                w._stamp("the gate gave up on a commit (infrastructure retries exhausted): ending the CI run")
+                break
         w.poll()
         culprit_sha = self.project.shas.get(CULPRIT_MESSAGE)
         return {"watcher": w, "marks": marks, "shas": shas, "expected_culprit": culprit_sha}

@@ -214,6 +214,10 @@ class GateScheduler(ReconfigurableBaseScheduler):
             log.msg(f"gate: {e}")
         events: list[Event] = await self._reconcile()
         events.extend(self._pool_events())
+        promoting = self.policy.to_state().get("promoting") if self.policy else None
+        if promoting:  # the master stopped during a promotion: finish it (idempotent)
+            log.msg(f"gate: promotion of {_short(promoting)} was interrupted: completing it")
+            events.append(await self._promote(promoting))
         await self._process(events)
         await self._refresh()
 
@@ -413,7 +417,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
             self.policy.config = config_from_settings(self.gate, self.policy.observed_flake_rate())
             actions = self.policy.handle_all(batch)
             await self._save()
-            for a in actions:
+            # runs first (fast, DB only), so a crash during a slow push loses no buildset
+            for a in sorted(actions, key=lambda a: not isinstance(a, (StartRun, CancelRun))):
                 await self._act(a)
         await self._save()
 

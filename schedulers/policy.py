@@ -47,6 +47,9 @@ from schedulers.events import (
 
 STATE_VERSION = 1
 HISTORY = 200  # bounded lists in the state (alerts, flakes, promotions, culprits)
+PRIOR_CULPRIT_RATE = 0.05  # share of commits breaking the BVT before any blame is seen
+PRIOR_WEIGHT = 20  # ... worth this many commits of observation
+SPECULATE_WHEN = 0.5  # speculate when P(the untested batch fails) reaches this
 
 
 @dataclass(frozen=True)
@@ -388,6 +391,7 @@ class GatePolicy:
         if i is not None:
             s["master_tests"] = self._tests_passed(ev.commit)
             cut = s["candidates"][: i + 1]
+            s["stats"]["commits"] = s["stats"].get("commits", 0) + len(cut)
             s["candidates"] = s["candidates"][i + 1 :]
             self._index = {c: j for j, c in enumerate(s["candidates"])}
             for c in cut:
@@ -528,6 +532,7 @@ class GatePolicy:
                     runs = [r["run_id"] for r in fails]
                     author = s["authors"].get(sha, "")
                     out.append(Blame(sha, author, tuple(tests), tuple(runs)))
+                    s["stats"]["blamed"] = s["stats"].get("blamed", 0) + 1
                     self._push(
                         s["culprits"],
                         {"commit": sha, "author": author, "failed_tests": tests, "run_ids": runs},
@@ -536,6 +541,9 @@ class GatePolicy:
                         out.append(Revert(sha))
                     self._block(sha, tests)
                 blocked, bad = len(cand) - 1, None
+
+        if blocked is not None and cfg.culprit_action == "revert":
+            self._alert_masked(self._update_groups(), out)
 
         # 3. cancel runs whose result can no longer change a decision
         if cfg.cancel_useless_runs:
@@ -583,7 +591,8 @@ class GatePolicy:
                 (r["outcome"] == "pass" and r["tests"] is None) or (r["outcome"] == "fail" and not r["flake"])
                 for r in rs
             )
-            if cand[tip] not in busy and cand[tip] not in stalled and not tip_known:
+            fresh = cand[tip] not in busy and cand[tip] not in stalled and not tip_known
+            if fresh and not self._tip_in_flight(good):
                 self._start(cand[tip], free.pop(0), "tip", None, out)
                 busy.add(cand[tip])
             self._hunt(good, free, busy, stalled, out)
@@ -591,11 +600,11 @@ class GatePolicy:
                 self._probe_fixes(self._update_groups(), free, busy, out)
             return
 
-        if bad is None:  # batch: the tip, then speculation below it
-            if usable(tip):
+        if bad is None:  # batch: one tip run covers every commit below it
+            if usable(tip) and not self._tip_in_flight(good):
                 self._start(cand[tip], free.pop(0), "tip", None, out)
                 busy.add(cand[tip])
-            if cfg.speculate and free and cand[tip] in busy:
+            if cfg.speculate and free and self._worth_speculating(good, tip):
                 self._probe(good, tip, free, "speculate", None, usable, out)
             return
 
@@ -611,10 +620,36 @@ class GatePolicy:
             return
         self._probe(good, bad, free, "bisect", tests, usable, out)
 
+    def _tip_in_flight(self, good: int) -> bool:
+        """A full-suite tip run above ``good`` is in flight: commits arriving meanwhile
+        wait for it and are covered together by the next tip run (batching)."""
+        return any(
+            r["kind"] == "tip" and r["tests"] is None and self._index[r["commit"]] > good
+            for r in self._s["runs"].values()
+        )
+
+    def culprit_rate(self) -> float:
+        """Estimated share of culprits among commits: blames against commits resolved so far
+        (promoted or blamed), with a prior of ``PRIOR_CULPRIT_RATE`` worth ``PRIOR_WEIGHT``
+        commits."""
+        st = self._s["stats"]
+        blamed = st.get("blamed", 0)
+        resolved = st.get("commits", 0) + blamed
+        return (blamed + PRIOR_CULPRIT_RATE * PRIOR_WEIGHT) / (resolved + PRIOR_WEIGHT)
+
+    def _worth_speculating(self, good: int, tip: int) -> bool:
+        """Idle pools pre-test prefix points only when the untested batch (good, tip] is
+        likely to fail: 1 - (1 - p)^n >= ``SPECULATE_WHEN``; otherwise the tip run alone
+        is the cheapest proof."""
+        untested = [i for i in range(good + 1, tip + 1) if self._status(self._s["candidates"][i]) == "U"]
+        return 1 - (1 - self.culprit_rate()) ** len(untested) >= SPECULATE_WHEN
+
     def _tests_passed(self, sha: str) -> list[str] | None:
         """Tests ``sha`` is shown to pass (None: all). A filtered pass covers every test when
-        a full-suite run above it failed only tests of the filter (the bisection's premise:
-        the other tests passed there, so they pass below it)."""
+        every full-suite failure above it failed only tests of the filter (the bisection's
+        premise: the other tests passed there, so they pass below it). One full failure of
+        another test voids the premise: that test may be broken below ``sha`` and merely
+        fixed in between."""
         passes = [r for r in self._s["results"].get(sha, []) if r["outcome"] == "pass"]
         if not passes or any(r["tests"] is None for r in passes):
             return None
@@ -624,14 +659,15 @@ class GatePolicy:
             if r["outcome"] == "pass" or r["flake"]
             for t in r["tests"] or ()
         }
-        i = self._index.get(sha, -1)
+        i, premise = self._index.get(sha, -1), False
         for other, rs in self._s["results"].items():
             if self._index.get(other, -1) > i:
                 for r in rs:
-                    full_fail = r["tests"] is None and r["outcome"] == "fail" and r["failed_tests"]
-                    if full_fail and not r["flake"] and set(r["failed_tests"]) <= covered:
-                        return None
-        return sorted(covered)
+                    if r["tests"] is None and r["outcome"] == "fail" and not r["flake"]:
+                        if not r["failed_tests"] or not set(r["failed_tests"]) <= covered:
+                            return sorted(covered)  # a test outside the filter may fail below too
+                        premise = True
+        return None if premise else sorted(covered)
 
     def _explained(self, parent: int, failed: set[str]) -> set[str]:
         """The failed tests the parent was shown to pass (all of them after a full pass)."""
@@ -674,6 +710,30 @@ class GatePolicy:
             if best is not None:
                 g["fixed"] = s["candidates"][best]
         return s["groups"]
+
+    def _alert_masked(self, groups: list[dict], out: list[Action]) -> None:
+        """culprit_action=revert: the gate's revert of a blamed culprit lands right above the
+        staging tip at blame time. When that commit still fails the culprit's tests, another
+        culprit breaking the same tests hides in the span: every tree there contains both,
+        so it cannot be isolated. Say so once; new tips are still tested (a fix unblocks)
+        and nobody else is blamed for those tests."""
+        cand = self._s["candidates"]
+        for g in groups:
+            if g.get("masked") or g["fixed"] is not None:
+                continue
+            r = self._index.get(g["tip"], -1) + 1
+            if r <= self._index[g["culprit"]] or r >= len(cand):
+                continue
+            if self._evidence(self._s["results"].get(cand[r], []), set(g["tests"])) == "fail":
+                g["masked"] = True
+                a = g["culprit"]
+                self._alert(
+                    out,
+                    "culprit-masked",
+                    f"culprit masked behind {a[:12]}; commits {a[:12]}..{cand[r][:12]} cannot be"
+                    f" bisected until fixed: the revert {cand[r][:12]} still fails"
+                    f" {', '.join(g['tests'][:5])}; testing new tips, a fix on staging unblocks them",
+                )
 
     def _explained_at(self, i: int, groups: list[dict]) -> set[str]:
         """Tests a commit's tree fails because of blamed culprits not yet fixed below it."""
@@ -773,6 +833,7 @@ class GatePolicy:
                 tests = sorted({t for r in fails for t in r["failed_tests"]} & hunted)
                 author = s["authors"].get(sha, "")
                 out.append(Blame(sha, author, tuple(tests), tuple(runs)))
+                s["stats"]["blamed"] = s["stats"].get("blamed", 0) + 1
                 self._push(
                     s["culprits"], {"commit": sha, "author": author, "failed_tests": tests, "run_ids": runs}
                 )

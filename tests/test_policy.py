@@ -363,13 +363,34 @@ def test_state_round_trips_exactly_through_json():
     assert v["pools"]["p3"]["state"] == "unavailable"
 
 
-def test_speculation_uses_idle_pools_below_the_tip():
+def test_speculation_uses_idle_pools_below_the_tip_of_a_large_batch():
     p = GatePolicy(PolicyConfig(speculate=True))
-    p.handle(StagingUpdated("m", tuple(f"c{i}" for i in range(9))))
+    p.handle(StagingUpdated("m", tuple(f"c{i:02d}" for i in range(18))))  # 1 - 0.95^18 = 0.60
     starts = []
     for n in ("p1", "p2", "p3"):
         starts += [a for a in p.handle(PoolAvailable(n)) if isinstance(a, StartRun)]
-    assert [(a.commit, a.kind) for a in starts] == [("c8", "tip"), ("c4", "speculate"), ("c2", "speculate")]
+    assert [(a.commit, a.kind) for a in starts] == [
+        ("c17", "tip"),
+        ("c08", "speculate"),
+        ("c04", "speculate"),
+    ]
+
+
+def test_small_batch_is_covered_by_one_tip_run_and_new_commits_wait_for_it():
+    p = GatePolicy(PolicyConfig(speculate=True))
+    p.handle(StagingUpdated("m", ("a", "b", "c")))  # 1 - 0.95^3 = 0.14: no speculation
+    (run,) = [a for n in ("p1", "p2", "p3") for a in p.handle(PoolAvailable(n)) if isinstance(a, StartRun)]
+    assert (run.commit, run.kind) == ("c", "tip")
+    # commits arriving while the tip run is in flight start nothing: they form the next batch
+    assert not [
+        a for a in p.handle(StagingUpdated("m", ("a", "b", "c", "d", "e"))) if isinstance(a, StartRun)
+    ]
+    acts = p.handle(RunFinished(run.run_id, "pass"))  # a pool frees: one run for the batch d, e
+    assert Promote("c") in acts
+    assert [(a.commit, a.kind) for a in acts if isinstance(a, StartRun)] == [("e", "tip")]
+    p.handle(Promoted("c"))
+    assert not [a for a in p.handle(StagingUpdated("c", ("d", "e"))) if isinstance(a, StartRun)]
+    assert p.culprit_rate() == 0.05 * 20 / 23  # 3 commits promoted, no blame, prior 0.05 worth 20
 
 
 def test_config_from_settings_follows_observed_flake_rate():
@@ -393,3 +414,70 @@ def test_decision_on_40000_candidates_is_fast():
     acts = p.handle(RunFinished(start.run_id, "fail", ("test_x",)))
     assert [a.kind for a in acts if isinstance(a, StartRun)] == ["bisect"]
     assert time.perf_counter() - t0 < 1.0
+
+
+def _play(p: GatePolicy, master: str, staging: list[str], breaks: dict, fixes: dict, acts: list) -> list:
+    """Run every started run to completion in start order (one at a time) against the truth:
+    ``breaks`` maps culprit -> test, ``fixes`` maps commit -> culprit it repairs; a Revert
+    pushes "revert-<sha>" to the staging tip. Returns every action seen."""
+    seen, runs = [], []
+
+    def broken(sha: str, tests) -> tuple[str, ...]:
+        upto = staging[: staging.index(sha) + 1]
+        out = {t for c, t in breaks.items() if c in upto and not any(fixes.get(f) == c for f in upto)}
+        return tuple(sorted(out if tests is None else out & set(tests)))
+
+    def apply(batch) -> None:
+        for a in batch:
+            seen.append(a)
+            if isinstance(a, StartRun):
+                runs.append(a)
+            elif isinstance(a, CancelRun):
+                runs[:] = [r for r in runs if r.run_id != a.run_id]
+            elif isinstance(a, Revert):
+                staging.append(f"revert-{a.commit}")
+                fixes[f"revert-{a.commit}"] = a.commit
+                apply(p.handle(StagingUpdated(master, tuple(staging))))
+
+    apply(acts)
+    for _ in range(100):
+        if not runs:
+            return seen
+        r = runs.pop(0)
+        failed = broken(r.commit, r.tests)
+        apply(p.handle(RunFinished(r.run_id, "fail" if failed else "pass", failed)))
+    raise AssertionError("the gate does not settle")
+
+
+def test_culprit_masked_behind_a_culprit_breaking_the_same_test_is_alerted_not_stuck():
+    """B lands inside A's span and breaks the same test: no tree in staging holds B without
+    A, so B cannot be isolated. The gate blames A only, alerts once, keeps testing new tips
+    and promotes everything once a fix of B arrives on top."""
+    staging = ["a0", "A", "B", "a3", "a4"]
+    breaks, fixes = {"A": "test_vm", "B": "test_vm"}, {}
+    p = GatePolicy(PolicyConfig(confirmations=1, speculate=False, culprit_action="revert"))
+    acts = p.handle(StagingUpdated("m", tuple(staging)))
+    acts += p.handle(PoolAvailable("p1")) + p.handle(PoolAvailable("p2"))
+    seen = _play(p, "m", staging, breaks, fixes, acts)
+    assert [(a.commit, a.failed_tests) for a in seen if isinstance(a, Blame)] == [("A", ("test_vm",))]
+    assert [a.commit for a in seen if isinstance(a, Revert)] == ["A"]
+    alerts = [a for a in seen if isinstance(a, Alert)]
+    assert [a.kind for a in alerts] == ["culprit-masked"]
+    assert "masked behind A; commits A..revert-A cannot be bisected until fixed" in alerts[0].message
+    assert [a.commit for a in seen if isinstance(a, Promote)] == ["a0"]
+    assert not p.in_flight()  # settled, not spinning
+
+    # an innocent new tip is tested; it still fails test_vm: nobody new is blamed, no new alert
+    staging.append("n1")
+    seen = _play(p, "a0", staging, breaks, fixes, p.handle(StagingUpdated("a0", tuple(staging[1:]))))
+    assert next((a.commit, a.kind) for a in seen if isinstance(a, StartRun)) == ("n1", "tip")
+    assert not [a for a in seen if isinstance(a, (Blame, Alert, Promote))]
+    assert {c["status"] for c in p.view()["candidates"][1:]} == {"blocked"}
+
+    # a fix of B on top: its tip passes and everything is promoted
+    staging.append("fixB")
+    fixes["fixB"] = "B"
+    seen = _play(p, "a0", staging, breaks, fixes, p.handle(StagingUpdated("a0", tuple(staging[1:]))))
+    assert [a.commit for a in seen if isinstance(a, Promote)] == ["fixB"]
+    assert not [a for a in seen if isinstance(a, (Blame, Alert))]
+    assert [c["commit"] for c in p.view()["culprits"]] == ["A"]

@@ -1,0 +1,244 @@
+"""GateScheduler with Buildbot's scheduler harness (fake master and DB, fake clock).
+
+git is replaced at the gitops boundary by an in-memory repository; the DB, state and
+buildset calls are Buildbot's own test doubles.
+"""
+
+from __future__ import annotations
+
+from buildbot.process.results import FAILURE, SUCCESS
+from buildbot.test import fakedb
+from buildbot.test.reactor import TestReactorMixin
+from buildbot.test.util.scheduler import SchedulerMixin
+from buildbot.test.util.state import StateTestMixin
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from master.settings import Gate
+from schedulers import gitops
+from schedulers.events import PoolAvailable, Promote, RunFinished, StagingUpdated, StartRun
+from schedulers.gate import GateScheduler
+from schedulers.policy import GatePolicy, config_from_settings
+from workers import health as pool_health
+
+OBJECTID, SCHEDULERID = 19, 9
+COMMITS = [f"{i:040x}" for i in range(1, 9)]  # c1..c8, oldest first
+MASTER = "f" * 40
+
+
+class FakeOrigin:
+    """The repository the gate fetches and pushes, in memory."""
+
+    def __init__(self, master: str, commits: list[str]) -> None:
+        self.master, self.commits, self.pushed = master, list(commits), []
+
+    async def ensure_mirror(self, reactor, git_dir, url):
+        return None
+
+    async def fetch(self, reactor, git_dir, master, staging):
+        return self.master, (self.commits[-1] if self.commits else self.master)
+
+    async def candidates_async(self, reactor, git_dir, m, s):
+        return [(c, f"Dev <{c[-2:]}@example.org>") for c in self.commits]
+
+    async def is_ancestor(self, reactor, git_dir, older, newer):
+        return older == newer
+
+    async def push_master(self, reactor, git_dir, sha, master):
+        self.pushed.append(sha)
+        self.commits = self.commits[self.commits.index(sha) + 1 :]
+        self.master = sha
+        return gitops.PushResult(True)
+
+
+class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unittest.TestCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.setup_test_reactor()
+        yield self.setUpScheduler()
+        self.origin = FakeOrigin(MASTER, COMMITS)
+        for name in ("ensure_mirror", "fetch", "candidates_async", "is_ancestor", "push_master"):
+            self.patch(gitops, name, getattr(self.origin, name))
+        self.gate = Gate(confirm_runs=1)
+        self.addCleanup(pool_health.register, None)
+
+    @defer.inlineCallbacks
+    def make(self):
+        sched = GateScheduler(
+            name="gate",
+            builderNames=["gate-bvt"],
+            repo_url="/srv/origin.git",
+            pools=["pool1", "pool2"],
+            gate=self.gate,
+            fetch_interval=60,
+            quarantine_after=2,
+        )
+        yield self.attachScheduler(
+            sched, OBJECTID, SCHEDULERID, overrideBuildsetMethods=True, createBuilderDB=True
+        )
+        self.master.config.buildbotURL = "http://qa/"
+        yield sched.reconfigServiceWithSibling(sched)  # what a real master's start-up does
+        return sched
+
+    def started(self) -> list[dict]:
+        return [kw for name, kw in self.addBuildsetCalls if name == "addBuildsetForSourceStampsWithDefaults"]
+
+    @defer.inlineCallbacks
+    def finish_buildset(self, bsid: int, results: int, failed: list[str] | None = None, number: int = 1):
+        """DB rows of a completed buildset with one build (what Buildbot writes)."""
+        brid, buildid = bsid + 1000, bsid + 2000
+        if (yield self.master.db.buildsets.getBuildset(bsid)) is None:
+            yield self.master.db.insert_test_data([fakedb.Buildset(id=bsid)])
+        yield self.master.db.buildsets.completeBuildset(bsid, results)
+        rows = [
+            fakedb.SourceStamp(id=bsid, revision=COMMITS[-1]),
+            fakedb.BuildsetSourceStamp(buildsetid=bsid, sourcestampid=bsid),
+            fakedb.BuildRequest(id=brid, buildsetid=bsid, builderid=300, complete=1, results=results),
+            fakedb.Build(
+                id=buildid,
+                number=number,
+                buildrequestid=brid,
+                builderid=300,
+                masterid=fakedb.FakeDBConnector.MASTER_ID,
+                results=results,
+            ),
+        ]
+        if failed is not None:
+            rows.append(fakedb.BuildProperty(buildid=buildid, name="failed_tests", value=failed))
+        yield self.master.db.insert_test_data(rows)
+
+    @defer.inlineCallbacks
+    def test_start_run_becomes_one_buildset_per_revision(self):
+        sched = yield self.make()
+        yield sched.activate()
+        calls = self.started()
+        tip = calls[0]  # the tip first; idle pools may pre-test prefix points (speculation)
+        self.assertEqual(
+            tip["sourcestamps"],
+            [
+                {
+                    "codebase": "",
+                    "repository": "/srv/origin.git",
+                    "branch": "staging",
+                    "revision": COMMITS[-1],
+                    "project": "",
+                }
+            ],
+        )
+        self.assertEqual(tip["builderNames"], ["gate-bvt"])
+        self.assertEqual(tip["properties"]["gate_run_id"], ("r1", "Gate"))
+        self.assertEqual(tip["properties"]["gate_kind"], ("tip", "Gate"))
+        self.assertIn(tip["properties"]["pool"][0], ("pool1", "pool2"))
+        self.assertNotIn("bvt_tests", tip["properties"])  # whole suite
+        self.assertIn("tip", tip["reason"])
+        self.assertIn(COMMITS[-1][:12], tip["reason"])
+        # the run -> buildset map, the policy state and the view are persisted
+        runs = yield sched.getState("runs")
+        self.assertEqual(runs["r1"], {"bsid": 500, "brid": 100})
+        view = yield sched.getState("view")
+        self.assertEqual(view["master"], MASTER)
+        self.assertEqual(len(view["runs"]), len(calls))
+        policy = yield sched.getState("policy")
+        self.assertEqual(len(policy["runs"]), len(calls))
+        yield sched.deactivate()
+
+    @defer.inlineCallbacks
+    def test_failed_tip_is_bisected_on_its_failing_tests(self):
+        sched = yield self.make()
+        yield sched.activate()
+        n = len(self.started())
+        yield self.finish_buildset(500, FAILURE, ["test_app.T.test_value"])
+        yield sched._buildset_complete(("buildsets", "500", "complete"), {"bsid": 500})
+        new = self.started()[n:]
+        self.assertTrue(new, "a failed tip starts bisection runs")
+        for c in new:
+            self.assertEqual(c["properties"]["bvt_tests"][0], ["test_app.T.test_value"])
+            self.assertIn(c["properties"]["gate_kind"][0], ("bisect", "confirm", "parent"))
+            self.assertNotEqual(c["sourcestamps"][0]["revision"], COMMITS[-1])
+        view = yield sched.getState("view")
+        self.assertEqual(view["results"][COMMITS[-1]][0]["outcome"], "fail")
+        yield sched.deactivate()
+
+    @defer.inlineCallbacks
+    def test_pass_is_promoted_with_a_plain_push(self):
+        sched = yield self.make()
+        yield sched.activate()
+        yield self.finish_buildset(500, SUCCESS)  # r1 = the tip
+        yield sched._buildset_complete(("buildsets", "500", "complete"), {"bsid": 500})
+        self.assertEqual(self.origin.pushed, [COMMITS[-1]])
+        view = yield sched.getState("view")
+        self.assertEqual(view["master"], COMMITS[-1])
+        self.assertEqual(view["promotions"][-1], {"commit": COMMITS[-1], "ok": True, "reason": ""})
+        yield sched.deactivate()
+
+    @defer.inlineCallbacks
+    def test_promotion_is_skipped_when_master_already_has_the_commit(self):
+        sched = yield self.make()
+        yield sched.activate()
+        self.origin.master = COMMITS[-1]  # e.g. pushed before a crash, Promoted never recorded
+        yield self.finish_buildset(500, SUCCESS)
+        yield sched._buildset_complete(("buildsets", "500", "complete"), {"bsid": 500})
+        self.assertEqual(self.origin.pushed, [])
+        view = yield sched.getState("view")
+        self.assertEqual(view["master"], COMMITS[-1])
+        yield sched.deactivate()
+
+    @defer.inlineCallbacks
+    def restart_with(self, runs: dict, rows: list) -> GateScheduler:
+        """A new scheduler on state left by a previous master (tip run r1 in flight)."""
+        p = GatePolicy(config_from_settings(self.gate))
+        acts = p.handle_all([PoolAvailable("pool1"), PoolAvailable("pool2")])
+        acts = p.handle_all([StagingUpdated(MASTER, tuple(COMMITS))])
+        self.assertEqual([(a.run_id, a.kind) for a in acts if isinstance(a, StartRun)][:1], [("r1", "tip")])
+        for extra in [a.run_id for a in acts if isinstance(a, StartRun)][1:]:
+            runs.setdefault(extra, {"bsid": 90, "brid": 1090})  # speculation, if any: still running
+        rows = [*rows, fakedb.Buildset(id=90, complete=0)]
+        old = GateScheduler(name="gate", builderNames=["gate-bvt"], repo_url="/x", gate=self.gate)
+        yield self.set_fake_state(old, "policy", p.to_state())
+        yield self.set_fake_state(old, "runs", runs)
+        yield self.master.db.insert_test_data(rows)
+        sched = yield self.make()
+        return sched
+
+    @defer.inlineCallbacks
+    def test_restart_keeps_waiting_for_a_running_run(self):
+        sched = yield self.restart_with({"r1": {"bsid": 70, "brid": 1070}}, [fakedb.Buildset(id=70)])
+        yield sched.activate()
+        self.assertEqual(self.started(), [], "a pending run is never resubmitted")
+        policy = yield sched.getState("policy")
+        self.assertIn("r1", policy["runs"])
+        yield sched.deactivate()
+
+    @defer.inlineCallbacks
+    def test_restart_feeds_a_run_that_finished_while_the_master_was_down(self):
+        sched = yield self.restart_with({"r1": {"bsid": 71, "brid": 1071}}, [])
+        yield self.finish_buildset(71, SUCCESS)
+        yield sched.activate()
+        self.assertEqual(self.origin.pushed, [COMMITS[-1]])
+        self.assertNotIn(COMMITS[-1], [c["sourcestamps"][0]["revision"] for c in self.started()])
+        yield sched.deactivate()
+
+    @defer.inlineCallbacks
+    def test_restart_treats_a_missing_buildset_as_inconclusive(self):
+        sched = yield self.restart_with({}, [])
+        yield sched.activate()
+        retry = self.started()[0]
+        self.assertEqual(retry["properties"]["gate_kind"][0], "retry")
+        self.assertEqual(retry["sourcestamps"][0]["revision"], COMMITS[-1])
+        yield sched.deactivate()
+
+    @defer.inlineCallbacks
+    def test_restart_completes_an_interrupted_promotion(self):
+        p = GatePolicy(config_from_settings(self.gate))
+        p.handle_all([PoolAvailable("pool1"), PoolAvailable("pool2")])
+        p.handle_all([StagingUpdated(MASTER, tuple(COMMITS))])
+        acts = p.handle(RunFinished("r1", "pass"))
+        self.assertIn(Promote(COMMITS[-1]), acts)  # decided, persisted, then the master died
+        old = GateScheduler(name="gate", builderNames=["gate-bvt"], repo_url="/x", gate=self.gate)
+        yield self.set_fake_state(old, "policy", p.to_state())
+        sched = yield self.make()
+        yield sched.activate()
+        self.assertEqual(self.origin.pushed, [COMMITS[-1]])
+        view = yield sched.getState("view")
+        self.assertEqual(view["master"], COMMITS[-1])
+        yield sched.deactivate()
