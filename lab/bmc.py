@@ -90,7 +90,10 @@ class _Sha1OnlyServerSession(_original_server_session):
 
 def install_server_fix() -> None:
     """Make pyghmi's server use the SHA-1-only session (idempotent; before any BMC exists)."""
+    from steps.ipmi import install_pyghmi_io_fix
+
     with _lock:
+        install_pyghmi_io_fix()
         serversession.ServerSession = _Sha1OnlyServerSession
         if ipmisession.myself is None and not ipmisession.iosockets:
             # pyghmi wakes its I/O thread by sending a byte to ``myself`` through its first
@@ -214,6 +217,15 @@ class VirtualBmc(pyghmi_bmc.Bmc):
                         handlers.pop(self.port, None)
             if sock in ipmisession.iosockets:
                 ipmisession.iosockets.remove(sock)
+        # pyghmi's I/O thread may be in select() on this socket: wake it so it re-reads the
+        # socket list before the socket is closed (select() on a closed fd kills that thread).
+        waker = ipmisession.iosockets[0] if ipmisession.iosockets else None
+        if waker is not None and ipmisession.myself:
+            try:
+                waker.sendto(b"\x01", (ipmisession.myself, waker.getsockname()[1]))
+            except OSError:
+                pass
+            time.sleep(0.05)
         sock.close()
 
     def history(self, kind: str | None = None) -> list[str]:
@@ -254,7 +266,11 @@ class BmcFleet:
             try:
                 ipmisession.Session.wait_for_rsp(0.2)
             except Exception as e:  # one bad packet must not silence every BMC of the process
-                print(f"virtual BMCs: dropped a packet pyghmi could not handle: {e!r}", file=sys.stderr, flush=True)
+                print(
+                    f"virtual BMCs: dropped a packet pyghmi could not handle: {e!r}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def remove(self, name: str) -> None:
         """Stop one BMC (it no longer answers: a 'BMC down' fault)."""

@@ -176,7 +176,7 @@ class CobblerServer:
         python = ensure_cobbler_venv()
         cobblerd = python.parent / "cobblerd"
         if self._wanted_svc_port and _port_busy(self._wanted_svc_port):
-            raise CobblerLabError(f"127.0.0.1:{self._wanted_svc_port} (Cobbler's front end) is already in use")
+            raise CobblerLabError(f"127.0.0.1:{self._wanted_svc_port} (Cobbler's front end) is in use")
         self.svc_port = self._wanted_svc_port or _free_port()
         if self.sandbox.exists():
             shutil.rmtree(self.sandbox)

@@ -130,6 +130,9 @@ def cmd_create_master(ns: argparse.Namespace) -> int:
     return _buildbot("upgrade-master", "--quiet", str(base), env=_env_for(ns.settings))
 
 
+from master import cli_pool  # noqa: E402, F401  (registers `qacloud pool`)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qacloud", description="qacloud: gate CloudStack staging -> master")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")

@@ -69,11 +69,20 @@ def build_config(settings: Settings, inventory: Inventory | None = None) -> dict
         # every revision must be built: never merge build requests (notes/buildbot.md §0.5)
         "collapseRequests": False,
         "prioritizeBuilders": bld.prioritize_builders,
-        "www": www_config(settings, dashboards=_dashboards(settings, inventory)),
+        "www": {
+            **www_config(settings, dashboards=_dashboards(settings, inventory)),
+            "change_hook_dialects": _webhook_dialects(settings),  # /change_hook/qacloud
+        },
         "buildbotNetUsageData": None,
         "configurators": [util.JanitorConfigurator(logHorizon=timedelta(weeks=8), hour=3)],
     }
     return c
+
+
+def _webhook_dialects(settings: Settings) -> dict:
+    from schedulers import webhook
+
+    return webhook.dialects(settings)
 
 
 def _dashboards(settings: Settings, inventory: Inventory) -> list[dict]:

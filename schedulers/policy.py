@@ -83,6 +83,8 @@ def _empty_state() -> dict[str, Any]:
         "next_run": 1,
         "promoting": None,
         "master_tests": None,  # tests master was shown to pass (None: all, or assumed green)
+        "parent_results": [],  # parent runs of the current master: [{run_id, outcome, tests, failed_tests}]
+        "parent_inconclusive": 0,  # inconclusive parent runs of the current master
         "halted": False,
         "blocked_from": None,  # the first blamed culprit still in staging
         "blocked_to": None,  # the highest commit known to contain it
@@ -112,8 +114,11 @@ class GatePolicy:
         if s.get("version") != STATE_VERSION:
             raise ValueError(f"gate state version {s.get('version')!r} is not {STATE_VERSION}")
         s.setdefault("groups", [])  # (states saved before groups existed)
+        s.setdefault("parent_results", [])  # (... before parent runs existed)
+        s.setdefault("parent_inconclusive", 0)
         self._s = s
         self._index = {c: i for i, c in enumerate(s["candidates"])}
+        self._parent_wanted: set[str] = set()  # per plan: tests to ask master about
 
     # ------------------------------------------------------------------ public API
 
@@ -156,6 +161,11 @@ class GatePolicy:
     @property
     def master(self) -> str | None:
         return self._s["master"]
+
+    @property
+    def promoting(self) -> str | None:
+        """The commit a ``Promote`` was emitted for and not yet confirmed (None: none)."""
+        return self._s["promoting"]
 
     @property
     def candidates(self) -> list[str]:
@@ -338,6 +348,7 @@ class GatePolicy:
                     " re-planning from the new master",
                 )
             s["master_tests"] = self._tests_passed(ev.master) if i is not None else None
+            s["parent_results"], s["parent_inconclusive"] = [], 0
             if i is not None:
                 old = old[i + 1 :]
         if s["promoting"] is not None and (ev.master == s["promoting"] or s["promoting"] not in new):
@@ -369,7 +380,7 @@ class GatePolicy:
             s["stalled"] = [c for c in s["stalled"] if c in self._index]
         s["halted"] = False  # re-planned from the master we now see
         for rid, r in list(s["runs"].items()):
-            if r["commit"] not in self._index:
+            if r["commit"] not in self._index and not (r["kind"] == "parent" and r["commit"] == ev.master):
                 self._cancel(rid, "commit no longer a candidate", out)
 
     def _on_promoted(self, ev: Promoted, out: list[Action]) -> None:
@@ -390,6 +401,7 @@ class GatePolicy:
         s["master"] = ev.commit
         if i is not None:
             s["master_tests"] = self._tests_passed(ev.commit)
+            s["parent_results"], s["parent_inconclusive"] = [], 0
             cut = s["candidates"][: i + 1]
             s["stats"]["commits"] = s["stats"].get("commits", 0) + len(cut)
             s["candidates"] = s["candidates"][i + 1 :]
@@ -417,6 +429,9 @@ class GatePolicy:
             if pool["state"] == "busy":
                 pool["state"] = "idle"
         sha = run["commit"]
+        if run["kind"] == "parent":
+            self._on_parent_finished(ev, run, out)
+            return
         if sha not in self._index:
             return
         if ev.outcome == "inconclusive":
@@ -475,6 +490,109 @@ class GatePolicy:
                     f" {s['blocked_from'][:12] if s['blocked_from'] else '?'}; waiting for a fix",
                 )
 
+    def _on_parent_finished(self, ev: RunFinished, run: dict, out: list[Action]) -> None:
+        """A parent run of master ended: evidence about master itself (when still master)."""
+        s = self._s
+        if run["commit"] != s["master"]:
+            return
+        if ev.outcome == "inconclusive":
+            s["parent_inconclusive"] += 1
+            if s["parent_inconclusive"] == self.config.max_inconclusive_retries + 1:
+                self._alert(
+                    out,
+                    "retries-exhausted",
+                    f"{s['parent_inconclusive']} inconclusive parent runs of master {run['commit'][:12]}"
+                    f" (last on pool {run['pool']}: {ev.reason or 'infrastructure failure'}); not retrying"
+                    " until a pool returns or master moves",
+                )
+            return
+        if ev.outcome not in ("pass", "fail"):
+            raise ValueError(f"unknown run outcome {ev.outcome!r} for run {ev.run_id}")
+        s["stats"]["runs"] += 1
+        s["parent_results"].append(
+            {
+                "run_id": ev.run_id,
+                "outcome": ev.outcome,
+                "tests": run["tests"],
+                "failed_tests": list(ev.failed_tests),
+            }
+        )
+
+    # ------------------------------------------------------------------ master (parent runs)
+
+    def _master_status(self, tests: set[str]) -> tuple[set[str], set[str], list[str]]:
+        """Of ``tests``: (unknown, broken, run_ids). Master is shown to pass a test by its
+        promotion (``master_tests``) or a parent run covering it without failing it; it is
+        shown to *fail* one when ``1 + confirmations`` parent runs failed it and none passed it."""
+        s = self._s
+        if s["master_tests"] is None:
+            return set(), set(), []
+        shown, fails, ids = set(s["master_tests"]), dict.fromkeys(tests, 0), []
+        for r in s["parent_results"]:
+            failed = set(r["failed_tests"])
+            if r["outcome"] == "pass" or failed:
+                shown |= set(tests if r["tests"] is None else r["tests"]) - failed
+            for t in failed & tests:
+                fails[t] += 1
+                ids.append(r["run_id"])
+        broken = {t for t in tests - shown if fails[t] >= 1 + self.config.confirmations}
+        return tests - shown - broken, broken, sorted(set(ids))
+
+    def _master_shown(self) -> list[str] | None:
+        """Tests master was shown to pass (None: all)."""
+        s = self._s
+        if s["master_tests"] is None:
+            return None
+        asked = {t for r in s["parent_results"] for t in r["tests"] or ()}
+        unknown, broken, _ = self._master_status(asked)
+        return sorted(set(s["master_tests"]) | (asked - unknown - broken))
+
+    def _check_master(self, tests: set[str], sha: str, out: list[Action]) -> bool:
+        """Before calling ``sha``'s failure of ``tests`` inherited (its parent, master, was
+        promoted on a filtered pass not covering them): ask master itself with parent runs.
+        Returns True when master is shown to fail them: alerted and blocked (nobody is
+        blamed: the culprit is already on master). False: still asking, or master passes."""
+        s = self._s
+        unknown, broken, ids = self._master_status(tests)
+        if unknown:
+            self._parent_wanted |= unknown
+            return False
+        if not broken:
+            return False
+        names = ", ".join(sorted(broken)[:5])
+        self._alert(
+            out,
+            "master-broken",
+            f"master {s['master'][:12]} itself fails {names} (parent run(s) {', '.join(ids)}): it was"
+            f" promoted on a partial run that did not cover them, so the culprit is among commits"
+            f" already on master and cannot be blamed by the gate; {sha[:12]} and everything above"
+            " it inherit the failure; waiting for a fix on staging",
+        )
+        self._block(sha, sorted(broken))
+        return True
+
+    def _start_parent_runs(self, free: list[str], out: list[Action]) -> None:
+        """Start the parent runs of master that ``_check_master`` asked for (one per question,
+        then ``confirmations`` more after a failure)."""
+        s = self._s
+        wanted, self._parent_wanted = self._parent_wanted, set()
+        if not wanted or s["master"] is None:
+            return
+        if s["parent_inconclusive"] > self.config.max_inconclusive_retries:
+            return
+        unknown, _, _ = self._master_status(wanted)
+        if not unknown:
+            return
+        fails = max(sum(1 for r in s["parent_results"] if t in r["failed_tests"]) for t in sorted(unknown))
+        running = sum(
+            1 for r in s["runs"].values() if r["kind"] == "parent" and set(r["tests"] or ()) & unknown
+        )
+        need = (1 if fails == 0 else 1 + self.config.confirmations - fails) - running
+        for _ in range(max(0, need)):
+            if not free:
+                return
+            self._start(s["master"], free.pop(0), "parent", sorted(unknown), out)
+
     # ------------------------------------------------------------------ planning
 
     def _cancel(self, run_id: str, reason: str, out: list[Action]) -> None:
@@ -498,6 +616,7 @@ class GatePolicy:
 
     def _plan(self, out: list[Action]) -> None:
         s, cfg = self._s, self.config
+        self._parent_wanted = set()
         cand = s["candidates"]
         good = self._good()
         if s["blocked_to"] is not None and self._blocked_index(good) is None:
@@ -518,7 +637,12 @@ class GatePolicy:
             if len(fails) >= 1 + cfg.confirmations:
                 failed = {t for r in fails for t in r["failed_tests"]}
                 tests = sorted(self._explained(good, failed))
-                if failed and not tests:  # the parent was never shown to pass these: inherited, not caused
+                if failed and not tests and good < 0:  # ask master itself (parent runs)
+                    if self._check_master(failed, sha, out):
+                        blocked, bad = len(cand) - 1, None
+                elif failed and not tests and s["promoting"] == cand[good] and not s["halted"]:
+                    pass  # its parent is being promoted: ask master once it is master
+                elif failed and not tests:  # the parent was never shown to pass these: inherited, not caused
                     unexplained = sorted({t for r in fails for t in r["failed_tests"]})
                     self._alert(
                         out,
@@ -540,7 +664,7 @@ class GatePolicy:
                     if cfg.culprit_action == "revert":
                         out.append(Revert(sha))
                     self._block(sha, tests)
-                blocked, bad = len(cand) - 1, None
+                    blocked, bad = len(cand) - 1, None
 
         if blocked is not None and cfg.culprit_action == "revert":
             self._alert_masked(self._update_groups(), out)
@@ -548,6 +672,8 @@ class GatePolicy:
         # 3. cancel runs whose result can no longer change a decision
         if cfg.cancel_useless_runs:
             for rid, r in list(s["runs"].items()):
+                if r["kind"] == "parent":
+                    continue  # master itself: decided by _check_master, dropped when master moves
                 i = self._index[r["commit"]]
                 useless = i <= good
                 if bad is not None and i > bad:
@@ -581,6 +707,7 @@ class GatePolicy:
                 self._start(r["commit"], pool, "retry", r["tests"], out)
                 busy.add(r["commit"])
         s["retries"] = keep
+        self._start_parent_runs(free, out)
         if not free:
             return
 
@@ -592,16 +719,18 @@ class GatePolicy:
                 for r in rs
             )
             fresh = cand[tip] not in busy and cand[tip] not in stalled and not tip_known
-            if fresh and not self._tip_in_flight(good):
+            if fresh:  # work-conserving: an idle pool tests a new tip at once
                 self._start(cand[tip], free.pop(0), "tip", None, out)
                 busy.add(cand[tip])
             self._hunt(good, free, busy, stalled, out)
+            self._start_parent_runs(free, out)
             if free:
                 self._probe_fixes(self._update_groups(), free, busy, out)
             return
 
-        if bad is None:  # batch: one tip run covers every commit below it
-            if usable(tip) and not self._tip_in_flight(good):
+        if bad is None:  # work-conserving: an idle pool tests an untested tip at once; the
+            # commits arriving while every pool is busy are covered together by the next one
+            if usable(tip):
                 self._start(cand[tip], free.pop(0), "tip", None, out)
                 busy.add(cand[tip])
             if cfg.speculate and free and self._worth_speculating(good, tip):
@@ -619,14 +748,6 @@ class GatePolicy:
                 self._start(sha, free.pop(0), "confirm", tests, out)
             return
         self._probe(good, bad, free, "bisect", tests, usable, out)
-
-    def _tip_in_flight(self, good: int) -> bool:
-        """A full-suite tip run above ``good`` is in flight: commits arriving meanwhile
-        wait for it and are covered together by the next tip run (batching)."""
-        return any(
-            r["kind"] == "tip" and r["tests"] is None and self._index[r["commit"]] > good
-            for r in self._s["runs"].values()
-        )
 
     def culprit_rate(self) -> float:
         """Estimated share of culprits among commits: blames against commits resolved so far
@@ -672,7 +793,7 @@ class GatePolicy:
     def _explained(self, parent: int, failed: set[str]) -> set[str]:
         """The failed tests the parent was shown to pass (all of them after a full pass)."""
         if parent < 0:
-            mt = self._s["master_tests"]
+            mt = self._master_shown()
             return failed if mt is None else (failed & set(mt))
         covered: set[str] = set()
         for r in self._s["results"].get(self._s["candidates"][parent], []):
@@ -815,7 +936,11 @@ class GatePolicy:
             sha = cand[hi]
             shown = None
             if lo == good:
-                shown = self._tests_passed(cand[good]) if good >= 0 else s["master_tests"]
+                shown = self._tests_passed(cand[good]) if good >= 0 else self._master_shown()
+            if shown is not None and not hunted <= set(shown) and good < 0:
+                if self._check_master(hunted - set(shown), sha, out):
+                    return True
+                return False  # asking master first (parent runs)
             if shown is not None and not hunted <= set(shown):
                 self._alert(
                     out,
@@ -860,7 +985,7 @@ class GatePolicy:
         together with the runs already in flight there, into parts as equal as possible."""
         cand = self._s["candidates"]
         inflight = sorted(
-            {i for i in (self._index[r["commit"]] for r in self._s["runs"].values()) if lo < i < hi}
+            {i for i in (self._index.get(r["commit"], -1) for r in self._s["runs"].values()) if lo < i < hi}
         )
         bounds = [lo, *inflight, hi]
         # max-heap of segments by the size of their largest part once m probes are placed

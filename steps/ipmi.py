@@ -55,6 +55,26 @@ class BmcTarget:
         return f"{self.address}:{self.port}"
 
 
+def _sendto_keeping_mode(mysocket, packet, sockaddr) -> None:
+    try:
+        mysocket.sendto(packet, sockaddr)
+    except OSError:
+        pass
+
+
+def install_pyghmi_io_fix() -> None:
+    """Stop pyghmi 1.6.19 from flipping its shared UDP sockets to blocking mode on every send.
+
+    Its ``_io_sendto`` calls ``setblocking(1)`` while its I/O thread's ``_io_recvfrom`` calls
+    ``setblocking(0)`` then ``recvfrom``; when a send from another thread lands in between, the
+    I/O thread blocks in ``recvfrom`` forever and every IPMI call in the process hangs. UDP
+    ``sendto`` does not need blocking mode, so the socket is left as it is.
+    """
+    from pyghmi.ipmi.private import session as ipmisession
+
+    ipmisession._io_sendto = _sendto_keeping_mode
+
+
 class _Unanswered(Exception):
     pass
 
@@ -107,6 +127,7 @@ def _blocking_call(target: BmcTarget, fn: Callable[[Any], T]) -> T:
     from pyghmi.exceptions import IpmiException
     from pyghmi.ipmi import command
 
+    install_pyghmi_io_fix()
     with _purge_lock:
         _purge_cached_sessions(target.address, target.port)
     try:
@@ -243,4 +264,12 @@ def targets_for(hosts, passwords: dict[str, str]) -> list[BmcTarget]:
     ]
 
 
-__all__ = ["BOOT_DEVICES", "POWER_OPERATIONS", "BmcTarget", "IpmiClient", "IpmiError", "targets_for"]
+__all__ = [
+    "BOOT_DEVICES",
+    "POWER_OPERATIONS",
+    "BmcTarget",
+    "IpmiClient",
+    "IpmiError",
+    "install_pyghmi_io_fix",
+    "targets_for",
+]

@@ -25,7 +25,20 @@ PASSWORD = "s3cret-bmc-pw"
 
 def ipmitool(port: int, *args: str, password: str = PASSWORD) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(port), "-U", "admin", "-P", password, *args],
+        [
+            "ipmitool",
+            "-I",
+            "lanplus",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "admin",
+            "-P",
+            password,
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -70,7 +83,9 @@ class IpmiAgainstVirtualBmcs(unittest.TestCase):
 
         yield defer.ensureDeferred(self.client.set_bootdev(t, "disk"))
         self.assertEqual(bmc.bootdev, "hd")
-        self.assertIn("Force Boot from default Hard-Drive", ipmitool(port, "chassis", "bootparam", "get", "5").stdout)
+        self.assertIn(
+            "Force Boot from default Hard-Drive", ipmitool(port, "chassis", "bootparam", "get", "5").stdout
+        )
 
         # and the other way round: ipmitool drives, qacloud's client reads
         self.assertEqual(ipmitool(port, "power", "off").returncode, 0)
@@ -86,7 +101,9 @@ class IpmiAgainstVirtualBmcs(unittest.TestCase):
     def test_parallel_operations_on_several_bmcs(self):
         targets = [self.target(i) for i in range(3)]
         yield defer.gatherResults([defer.ensureDeferred(self.client.power(t, "pxe")) for t in targets])
-        states = yield defer.gatherResults([defer.ensureDeferred(self.client.power(t, "cycle")) for t in targets])
+        states = yield defer.gatherResults(
+            [defer.ensureDeferred(self.client.power(t, "cycle")) for t in targets]
+        )
         self.assertEqual(states, ["on", "on", "on"])
         for i, port in enumerate(self.ports):
             self.assertEqual(self.fleet[f"host{i}"].history(), ["network", "on"])
@@ -115,7 +132,8 @@ class IpmiAgainstVirtualBmcs(unittest.TestCase):
             yield defer.ensureDeferred(self.client.power_off(self.target(2)))
         elapsed = time.monotonic() - start
         self.assertEqual(
-            str(cm.exception), f"host host2: BMC 127.0.0.1:{self.ports[2]}: power off: no answer within 1 s after 2 tries"
+            str(cm.exception),
+            f"host host2: BMC 127.0.0.1:{self.ports[2]}: power off: no answer within 1 s after 2 tries",
         )
         self.assertLess(elapsed, 1 + 0.2 + 1 + 1.0)  # 2 tries of 1 s + back-off + slack
         # the other BMCs are unaffected
@@ -161,7 +179,14 @@ class BmcProcess(unittest.TestCase):
             text=True,
             env=dict(os.environ, PYTHONPATH=str(REPO)),
         )
-        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+
+        def cleanup():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            proc.stdout.close()
+
+        self.addCleanup(cleanup)
         self.assertEqual(proc.stdout.readline().strip(), "ready")
         client = IpmiClient(timeout=1, retries=0, concurrency=2)
         self.addCleanup(client.stop)
@@ -170,7 +195,6 @@ class BmcProcess(unittest.TestCase):
         self.assertIn("Chassis Power is on", ipmitool(port, "power", "status").stdout)
         proc.kill()
         wait_for(lambda: proc.poll() is not None, 10, "the BMC process to die")
-        proc.stdout.close()
         with self.assertRaises(IpmiError) as cm:
             yield defer.ensureDeferred(client.power_status(t))
         self.assertIn("no answer within 1 s after 1 try", str(cm.exception))

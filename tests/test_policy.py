@@ -139,7 +139,7 @@ class Driver:
             self.flakes.append(a)
         elif isinstance(a, Alert):
             self.alerts.append(a)
-            if a.kind == "inherited-failure" and self.fix_on_blame:
+            if a.kind in ("inherited-failure", "master-broken") and self.fix_on_blame:
                 # master was promoted on a partial (filtered) run and breaks a test: fix it
                 for c in sorted(self.hist.culprits):
                     if f"t{c}" in self.hist.broken(self.hist.n - 1):
@@ -160,6 +160,9 @@ class Driver:
     def check_start(self, a: StartRun) -> None:
         rs = [(o, t, f) for o, t, f, _ in self.known.get(a.commit, [])]
         i = self.sha_index(a.commit)
+        if a.kind == "parent":  # master itself, on the tests a candidate fails
+            assert i == self.master and a.tests, a
+            return
         assert i > self.master, f"testing an already promoted commit {a}"
         assert not any(
             o == "pass" and (t is None or (a.tests is not None and set(a.tests) <= set(t))) for o, t, f in rs
@@ -376,20 +379,25 @@ def test_speculation_uses_idle_pools_below_the_tip_of_a_large_batch():
     ]
 
 
-def test_small_batch_is_covered_by_one_tip_run_and_new_commits_wait_for_it():
+def test_work_conserving_idle_pools_test_new_tips_and_busy_pools_batch():
     p = GatePolicy(PolicyConfig(speculate=True))
     p.handle(StagingUpdated("m", ("a", "b", "c")))  # 1 - 0.95^3 = 0.14: no speculation
-    (run,) = [a for n in ("p1", "p2", "p3") for a in p.handle(PoolAvailable(n)) if isinstance(a, StartRun)]
-    assert (run.commit, run.kind) == ("c", "tip")
-    # commits arriving while the tip run is in flight start nothing: they form the next batch
+    (run,) = [a for n in ("p1", "p2") for a in p.handle(PoolAvailable(n)) if isinstance(a, StartRun)]
+    assert (run.commit, run.kind) == ("c", "tip")  # one run covers the batch a..c
+    # a pool is idle: the new tip is tested at once (latency), not held for the next batch
+    (run2,) = [a for a in p.handle(StagingUpdated("m", ("a", "b", "c", "d"))) if isinstance(a, StartRun)]
+    assert (run2.commit, run2.kind, run2.pool) == ("d", "tip", "p2")
+    # every pool busy: the commits arriving now wait and form one batch
     assert not [
-        a for a in p.handle(StagingUpdated("m", ("a", "b", "c", "d", "e"))) if isinstance(a, StartRun)
+        a for a in p.handle(StagingUpdated("m", ("a", "b", "c", "d", "e", "f"))) if isinstance(a, StartRun)
     ]
-    acts = p.handle(RunFinished(run.run_id, "pass"))  # a pool frees: one run for the batch d, e
+    acts = p.handle(RunFinished(run.run_id, "pass"))  # a pool frees: one run for the batch e, f
     assert Promote("c") in acts
-    assert [(a.commit, a.kind) for a in acts if isinstance(a, StartRun)] == [("e", "tip")]
+    assert [(a.commit, a.kind) for a in acts if isinstance(a, StartRun)] == [("f", "tip")]
     p.handle(Promoted("c"))
-    assert not [a for a in p.handle(StagingUpdated("c", ("d", "e"))) if isinstance(a, StartRun)]
+    assert p.promoting is None and p.to_state()["promoting"] is None
+    # the tip is covered by an in-flight run: no duplicate run of the same tip
+    assert not [a for a in p.handle(StagingUpdated("c", ("d", "e", "f"))) if isinstance(a, StartRun)]
     assert p.culprit_rate() == 0.05 * 20 / 23  # 3 commits promoted, no blame, prior 0.05 worth 20
 
 
@@ -481,3 +489,84 @@ def test_culprit_masked_behind_a_culprit_breaking_the_same_test_is_alerted_not_s
     assert [a.commit for a in seen if isinstance(a, Promote)] == ["fixB"]
     assert not [a for a in seen if isinstance(a, (Blame, Alert))]
     assert [c["commit"] for c in p.view()["culprits"]] == ["A"]
+
+
+def _settle(p: GatePolicy, staging: list[str], breaks: dict, acts: list, master_fails=()) -> list:
+    """Like ``_play`` (one run at a time, in start order) but the driver also pushes master:
+    a ``Promote`` is acknowledged (``Promoted``, then staging seen from the new master).
+    ``master_fails``: tests a parent run of master fails whatever the truth says."""
+    seen, runs, master = [], [], ["m"]
+
+    def broken(sha: str, tests) -> tuple[str, ...]:
+        upto = staging[: staging.index(sha) + 1]
+        out = {t for c, t in breaks.items() if c in upto}
+        return tuple(sorted(out if tests is None else out & set(tests)))
+
+    def apply(batch) -> None:
+        for a in batch:
+            seen.append(a)
+            if isinstance(a, StartRun):
+                runs.append(a)
+            elif isinstance(a, CancelRun):
+                runs[:] = [r for r in runs if r.run_id != a.run_id]
+            elif isinstance(a, Promote):
+                master[0] = a.commit
+                apply(p.handle(Promoted(a.commit)))
+                rest = staging[staging.index(a.commit) + 1 :]
+                apply(p.handle(StagingUpdated(a.commit, tuple(rest))))
+
+    apply(acts)
+    for _ in range(100):
+        if not runs:
+            return seen
+        r = runs.pop(0)
+        failed = broken(r.commit, r.tests)
+        if r.kind == "parent":
+            failed = tuple(sorted(set(failed) | (set(master_fails) & set(r.tests or ()))))
+        apply(p.handle(RunFinished(r.run_id, "fail" if failed else "pass", failed)))
+    raise AssertionError("the gate does not settle")
+
+
+def _promoted_on_a_partial_pass(cfg: PolicyConfig, breaks: dict, master_fails=()):
+    """Master a was promoted on a filtered pass shown to cover only t1 (its state, saved by
+    the gate and reloaded, says so); b and c arrive, b breaks t2. Returns the policy and actions."""
+    p = GatePolicy(cfg)
+    p.handle(StagingUpdated("a", ()))
+    state = p.to_state()
+    state["master_tests"] = ["t1"]  # promoted on a pass filtered to t1
+    p = GatePolicy(cfg, json.loads(json.dumps(state)))
+    staging = ["a", "b", "c"]
+    acts = p.handle(StagingUpdated("a", ("b", "c")))
+    acts += p.handle(PoolAvailable("p1")) + p.handle(PoolAvailable("p2"))
+    seen = _settle(p, staging, breaks, acts, master_fails)
+    return p, seen
+
+
+def test_inherited_failure_asks_master_with_a_parent_run_then_blames_the_new_culprit():
+    cfg = PolicyConfig(confirmations=1, speculate=False, cancel_useless_runs=False)
+    p, seen = _promoted_on_a_partial_pass(cfg, {"b": "t2"})
+    parents = [a for a in seen if isinstance(a, StartRun) and a.kind == "parent"]
+    assert [(a.commit, a.tests) for a in parents] == [("a", ("t2",))]  # master, on t2 only
+    # master passes t2: c's failure is new, so c is bisected and blamed like any culprit
+    assert [(a.commit, a.failed_tests) for a in seen if isinstance(a, Blame)] == [("b", ("t2",))]
+    assert not [a for a in seen if isinstance(a, Alert)]
+    assert not p.in_flight()
+
+
+def test_master_failing_the_inherited_tests_is_reported_and_nobody_is_blamed_for_them():
+    cfg = PolicyConfig(confirmations=1, speculate=False, cancel_useless_runs=False)
+    # the truth for master: it already breaks t2 (a culprit slipped in under the partial pass)
+    p, seen = _promoted_on_a_partial_pass(cfg, {"b": "t2"}, master_fails=("t2",))
+    parents = [a for a in seen if isinstance(a, StartRun) and a.kind == "parent"]
+    assert [(a.commit, a.tests) for a in parents] == [("a", ("t2",)), ("a", ("t2",))]  # + 1 confirmation
+    assert not [a for a in seen if isinstance(a, Blame)]
+    (alert,) = [a for a in seen if isinstance(a, Alert)]
+    assert alert.kind == "master-broken"
+    assert alert.message.startswith("master a itself fails t2 (parent run(s) ")
+    assert "cannot be blamed by the gate" in alert.message
+    assert {c["status"] for c in p.view()["candidates"]} == {"blocked"}
+    assert not p.in_flight()
+    # an old state (before parent runs existed) still loads
+    old = p.to_state()
+    del old["parent_results"], old["parent_inconclusive"]
+    assert GatePolicy(cfg, old).to_state()["parent_results"] == []

@@ -53,7 +53,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--flake-rate", type=_fraction, default=0.02)
     ap.add_argument("--culprit-rate", type=_fraction, default=0.05)
     ap.add_argument("--infra-rate", type=_fraction, default=0.0, help="inconclusive runs (infrastructure)")
-    ap.add_argument("--fix-delay-hours", type=float, default=0.0, help="time from a blame to its revert")
+    ap.add_argument("--revert-delay-hours", type=float, default=0.0, help="time from a blame to its revert")
+    ap.add_argument(
+        "--fix-delay-hours",
+        type=float,
+        default=2.0,
+        help="time from an alert needing a human to a developer's fix of its culprits",
+    )
     ap.add_argument("--policy", default="all", help=f"all or comma-separated: {', '.join(POLICIES)}")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--sweep", type=_rates, help="also sweep these arrival rates for lambda* (generate only)")
@@ -152,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             bvt_hours=args.bvt_hours,
             flake_rate=args.flake_rate,
             infra_rate=args.infra_rate,
+            revert_delay_hours=args.revert_delay_hours,
             fix_delay_hours=args.fix_delay_hours,
         )
         results = run_policies(args, scenario, names)

@@ -91,6 +91,7 @@ def per_seed(r: SimResult, sc: Scenario) -> dict[str, float]:
         "illegal_promotions": float(r.illegal_promotions),
         "false_rejection_rate": r.false_rejections / max(r.innocent, 1),
         "missed_culprits": float(r.culprits_missed),
+        "human_fixes": float(r.human_fixes),
         "unpromoted": float(r.unpromoted),
         "p95_second_over_first": quantile(second, 0.95) / max(quantile(first, 0.95), 1e-9),
         "utilisation": r.pool_hours / max(sc.pools * r.end_time, 1e-9),

@@ -6,7 +6,14 @@ What it plays:
   master is an index into staging. A run of commit ``c`` tests the tree at ``c`` (every
   staging commit up to it). When a commit is blamed (or the policy emits ``Revert``), the
   developers' answer is modelled as a revert commit ``revert-<id>@<parent>`` pushed to the staging tip
-  after ``fix_delay``: content from the revert on no longer contains that culprit.
+  after ``revert_delay_hours`` (default 0: at once): content from the revert on no longer
+  contains that culprit.
+* **developers answering alerts**: an ``Alert`` saying a human is needed (``HUMAN_ALERTS``:
+  a masked culprit, an inherited failure, master broken, retries exhausted ...) names the
+  commit it is about; ``fix_delay_hours`` later (default 2 h) a developer pushes a fix to the
+  staging tip for every culprit actually present in that commit's tree and not yet fixed or
+  reverted (the simulator knows the truth, like a developer who debugs it). This is how
+  ``hold`` mode works in practice; without it a stall blocks the queue to the end.
 * **BVT runs**: a run fails when its content holds a culprit not yet fixed (a test filter
   does not change that), else it flakes with probability f; it ends inconclusive with
   probability ``infra_rate``. Duration and draws come from :mod:`.crn` with the key
@@ -20,6 +27,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +51,18 @@ from schedulers.events import (
 SUITE = tuple(f"test_{n:02d}" for n in range(40))  # BVT test names for failing-test reports
 BASE = "base"  # the master commit every trace starts from
 REVERT_PREFIX = "revert-"
+FIX_PREFIX = "fix-"
+# alert kinds after which a human acts (schedulers/policy.py emits them when the gate cannot
+# isolate or blame by itself)
+HUMAN_ALERTS = frozenset(
+    {
+        "culprit-masked",
+        "inherited-failure",
+        "master-broken",
+        "retries-exhausted",
+        "unknown-failure-behind-culprit",
+    }
+)
 
 
 def revert_sha(culprit: str, parent: str) -> str:
@@ -67,7 +87,8 @@ class Scenario:
     bvt_hours: tuple[float, float] = (1.0, 3.0)
     flake_rate: float = 0.02
     infra_rate: float = 0.0
-    fix_delay_hours: float = 0.0
+    revert_delay_hours: float = 0.0  # blame -> revert of the blamed commit
+    fix_delay_hours: float = 2.0  # human alert -> a developer's fix of the culprits it is about
     horizon_hours: float = 24 * 60  # simulate at most this long after the last arrival
 
     @property
@@ -118,6 +139,7 @@ class SimResult:
     master_breakage: int = 0
     flakes_recorded: int = 0
     alerts: int = 0
+    human_fixes: int = 0  # culprits fixed by a developer after an alert (not blamed by the gate)
     end_time: float = 0.0
     error: str | None = None
     wall_seconds: float = 0.0
@@ -149,6 +171,7 @@ class Simulator:
         self.passed: set[str] = set()
         self.blamed: dict[str, float] = {}
         self.reverted: set[str] = set()
+        self.human_fixed: set[str] = set()
         self.first_fail: dict[str, tuple[float, int]] = {}
         self.now = 0.0
         self._heap: list = []
@@ -207,6 +230,9 @@ class Simulator:
                     self._arrive(payload)
                 elif kind == "revert":
                     for ev in self._revert(payload):
+                        self._feed(ev)
+                elif kind == "fix":
+                    for ev in self._human_fix(payload):
                         self._feed(ev)
                 elif kind == "end":
                     self._end(payload)
@@ -287,6 +313,8 @@ class Simulator:
             return []
         if isinstance(a, Alert):
             self.res.alerts += 1
+            if a.kind in HUMAN_ALERTS:
+                self._schedule_human_fix(a)
             return []
         raise SimError(f"unknown action {a!r}")
 
@@ -355,7 +383,7 @@ class Simulator:
         if sha.startswith(REVERT_PREFIX):
             self.res.violations.append(f"t={self.now:.2f} h: blamed the gate's own revert {sha}")
             return []
-        return self._schedule_revert(sha, self.sc.fix_delay_hours)
+        return self._schedule_revert(sha, self.sc.revert_delay_hours)
 
     def _schedule_revert(self, sha: str, delay: float) -> list:
         if sha in self.reverted or sha.startswith(REVERT_PREFIX) or self.index.get(sha, -1) <= self.master:
@@ -365,6 +393,40 @@ class Simulator:
             return self._revert(sha)
         self._at(self.now + delay, "revert", sha)
         return []
+
+    def _alerted_commit(self, message: str) -> str | None:
+        """The highest staging commit an alert message names (the policy shortens shas to 12
+        characters, so a name may be a prefix)."""
+        best = None
+        for token in re.findall(r"[\w@.-]+", message):
+            token = token.rstrip(".")
+            if token in self.index and token != BASE:
+                hits = [token]
+            elif len(token) == 12:
+                hits = [c for c in self.staging[-400:] if c.startswith(token)]
+            else:
+                hits = []
+            for c in hits:
+                if best is None or self.index[c] > self.index[best]:
+                    best = c
+        return best
+
+    def _schedule_human_fix(self, a: Alert) -> None:
+        sha = self._alerted_commit(a.message)
+        if sha is None:
+            return
+        for c in self._culprits_in(sha):
+            if c not in self.human_fixed and c not in self.reverted:
+                self.human_fixed.add(c)
+                self._at(self.now + self.sc.fix_delay_hours, "fix", c)
+
+    def _human_fix(self, culprit: str) -> list:
+        if culprit in self.fixed_at:  # fixed meanwhile (a trace fix or the gate's revert)
+            return []
+        self._push(f"{FIX_PREFIX}{culprit}@{self.staging[-1]}", "developer@example.org")
+        self.fixed_at[culprit] = len(self.staging) - 1
+        self.res.human_fixes += 1
+        return [self._staging_event()]
 
     # ------------------------------------------------------------------ metrics
     def _finish(self) -> None:

@@ -1,0 +1,102 @@
+"""Render docs/reliability.md from var/reliability/results.json (written by the reliability tests).
+
+    python -m tests.reliability.report            # writes docs/reliability.md
+    python -m tests.reliability.report --check    # exit 1 if any fault was not survived or lost data
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tests.reliability.recorder import REPO, RESULTS, load
+
+DOC = REPO / "docs" / "reliability.md"
+AREAS = ("bad input", "BMC", "Cobbler", "secrets", "access")
+
+INTRO = """\
+# Reliability and security
+
+What the reliability tests (`tests/reliability/`, part of `make test`) injected and how qacloud
+fared. **This page is generated** from the tests' own record (`var/reliability/results.json`)
+by `python -m tests.reliability.report`; do not edit it by hand. Every fault is real and on
+127.0.0.1: real UDP to virtual BMCs (pyghmi) through a lossy relay (`lab/lossy_udp.py`), real
+TCP peers for Cobbler, a real Buildbot master and worker provisioning the simulated lab
+through the real cobblerd.
+
+"injected" counts the fault's occurrences (fuzz cases, dropped datagrams, secrets searched
+for, requests made); "survived" how many were handled as specified (a clear error naming
+file/field or host/BMC/Cobbler, retries succeeding, zero secret hits, a 403); "data lost"
+counts lost results, leaked secrets or wrongly accepted input, and must be 0.
+"""
+
+NOT_COVERED = """\
+## Not covered yet
+
+These parts of issue #9 have no test here yet (they wait for the gate scheduler,
+`schedulers/gate.py`, which does not exist in the tree at the time of this run):
+
+- master SIGKILL at seeded points of a gate run with a bisect (SQLite and PostgreSQL);
+- git hazards (master moved, staging force-pushed, push rejected, origin unreachable);
+- worker lost mid-provisioning; pool quarantine after N infrastructure failures;
+- malformed/unsigned webhook payloads; huge/binary try patches.
+"""
+
+
+def render(data: dict) -> str:
+    faults = sorted(data["faults"].values(), key=lambda f: (_area_rank(f["area"]), f["fault"]))
+    lines = [INTRO]
+    if data.get("updated"):
+        lines.append(f"Last recorded: {data['updated']} on {data.get('host', 'unknown host')}.\n")
+    total = {k: sum(f[k] for f in faults) for k in ("injected", "survived", "data_lost")}
+    lines.append(
+        f"**Totals: {len(faults)} faults, {total['injected']} injections, {total['survived']} survived, "
+        f"{total['data_lost']} data lost.**\n"
+    )
+    lines.append("| area | fault | injected | survived | data lost | seconds |")
+    lines.append("|---|---|---:|---:|---:|---:|")
+    for f in faults:
+        flag = "" if f["survived"] == f["injected"] and f["data_lost"] == 0 else " **(!)**"
+        lines.append(
+            f"| {f['area']} | {_cell(f['fault'])}{flag} | {f['injected']} | {f['survived']} | "
+            f"{f['data_lost']} | {f['seconds']:g} |"
+        )
+    lines.append("\n## Details (from the test run)\n")
+    for f in faults:
+        lines.append(f"- **{_cell(f['fault'])}** ({f['test']}, {f['at']}): {_cell(f['detail'])}")
+    lines.append("")
+    lines.append(NOT_COVERED)
+    return "\n".join(lines)
+
+
+def _area_rank(area: str) -> int:
+    return AREAS.index(area) if area in AREAS else len(AREAS)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.reliability.report", description=__doc__.split("\n")[0])
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=DOC)
+    ap.add_argument("--check", action="store_true", help="fail if any fault was not survived or lost data")
+    ns = ap.parse_args(argv)
+    data = load(ns.results)
+    if not data["faults"]:
+        print(f"{ns.results}: no results; run `pytest tests/reliability` first", file=sys.stderr)
+        return 1
+    bad = [f["fault"] for f in data["faults"].values() if f["survived"] != f["injected"] or f["data_lost"]]
+    if ns.check:
+        for name in bad:
+            print(f"not survived or data lost: {name}", file=sys.stderr)
+        return 1 if bad else 0
+    ns.out.write_text(render(data))
+    print(f"wrote {ns.out} ({len(data['faults'])} faults)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
