@@ -34,6 +34,9 @@ class ReleasePool(buildstep.BuildStep):
             await self.addCompleteLog("error", f"cannot release pool {pool}: {e}\n")
             self.descriptionDone = [f"cannot release {pool}"]
             return FAILURE
+        # builds already waiting for this pool (e.g. the retry of a lost build) must not wait
+        # for the next unrelated request to be distributed
+        self.master.botmaster.maybeStartBuildsForAllBuilders()
         text = f"pool {pool} returned to service" if was else f"pool {pool} was not quarantined"
         await self.addCompleteLog("result", text + "\n")
         self.descriptionDone = [text]
