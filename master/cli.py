@@ -134,6 +134,8 @@ from master import cli_pool  # noqa: E402, F401  (registers `qacloud pool`)
 
 
 def main(argv: list[str] | None = None) -> int:
+    import master.cli_lab  # noqa: F401  (registers `power` and `check`)
+
     parser = argparse.ArgumentParser(prog="qacloud", description="qacloud: gate CloudStack staging -> master")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     for name, (help_, add, _run) in COMMANDS.items():

@@ -131,10 +131,12 @@ class Revert:
 @dataclass(frozen=True)
 class Alert:
     """Something a human must know: master moved outside the gate, staging force-pushed,
-    promotion rejected, retries exhausted on infrastructure."""
+    promotion rejected, retries exhausted on infrastructure, a blamed culprit's tests still
+    failing on newer tips. ``commit``: the (highest) commit the alert is about, "" if none."""
 
     kind: str
     message: str
+    commit: str = ""
 
 
 Action = StartRun | CancelRun | Promote | Blame | RecordFlake | Revert | Alert
@@ -153,4 +155,4 @@ Action = StartRun | CancelRun | Promote | Blame | RecordFlake | Revert | Alert
 #   flakes: [{"commit", "tests", "run_id"}]
 #   pools: {name: {"state": "idle"|"busy"|"unavailable", "run_id", "commit", "reason"}}
 #   promotions: [{"commit", "ok", "reason"}]
-#   alerts: [{"kind", "message"}]
+#   alerts: [{"kind", "message", "commit"}]   ("commit" absent in states saved before it)

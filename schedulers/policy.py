@@ -50,6 +50,7 @@ HISTORY = 200  # bounded lists in the state (alerts, flakes, promotions, culprit
 PRIOR_CULPRIT_RATE = 0.05  # share of commits breaking the BVT before any blame is seen
 PRIOR_WEIGHT = 20  # ... worth this many commits of observation
 SPECULATE_WHEN = 0.5  # speculate when P(the untested batch fails) reaches this
+STILL_FAILING_TIPS = 2  # commits after a blame failing its tests before alerting a busy gate
 
 
 @dataclass(frozen=True)
@@ -309,10 +310,9 @@ class GatePolicy:
                 names.update(r["failed_tests"])
         return tuple(sorted(names)) or None
 
-    def _alert(self, out: list[Action], kind: str, message: str) -> None:
-        a = Alert(kind, message)
-        out.append(a)
-        self._push(self._s["alerts"], {"kind": kind, "message": message})
+    def _alert(self, out: list[Action], kind: str, message: str, commit: str = "") -> None:
+        out.append(Alert(kind, message, commit))
+        self._push(self._s["alerts"], {"kind": kind, "message": message, "commit": commit})
 
     @staticmethod
     def _push(lst: list, item: dict) -> None:
@@ -346,6 +346,7 @@ class GatePolicy:
                     "master-moved",
                     f"master moved outside the gate to {ev.master[:12]} (expected {s['master'][:12]});"
                     " re-planning from the new master",
+                    ev.master,
                 )
             s["master_tests"] = self._tests_passed(ev.master) if i is not None else None
             s["parent_results"], s["parent_inconclusive"] = [], 0
@@ -364,6 +365,7 @@ class GatePolicy:
                 "staging-rewritten",
                 f"staging was force-pushed: {len(dropped)} commit(s) no longer on staging"
                 f" (first {dropped[0][:12]}); they are dropped from the gate",
+                dropped[0],
             )
         s["master"], s["staging"] = ev.master, (new[-1] if new else ev.master)
         s["candidates"] = new
@@ -395,6 +397,7 @@ class GatePolicy:
                 "promotion-rejected",
                 f"promotion of {ev.commit[:12]} to master failed: {ev.reason or 'rejected'};"
                 " promotion stopped until the gate sees master again",
+                ev.commit,
             )
             return
         i = self._index.get(ev.commit)
@@ -444,6 +447,7 @@ class GatePolicy:
                     f"{n} inconclusive runs of {sha[:12]} (last on pool {run['pool']}: "
                     f"{ev.reason or 'infrastructure failure'}); not retrying until a pool returns"
                     " or staging changes",
+                    sha,
                 )
                 if sha not in s["stalled"]:
                     s["stalled"].append(sha)
@@ -488,6 +492,7 @@ class GatePolicy:
                     "unknown-failure-behind-culprit",
                     f"{sha[:12]} fails (failing tests unknown) behind the blamed culprit"
                     f" {s['blocked_from'][:12] if s['blocked_from'] else '?'}; waiting for a fix",
+                    sha,
                 )
 
     def _on_parent_finished(self, ev: RunFinished, run: dict, out: list[Action]) -> None:
@@ -504,6 +509,7 @@ class GatePolicy:
                     f"{s['parent_inconclusive']} inconclusive parent runs of master {run['commit'][:12]}"
                     f" (last on pool {run['pool']}: {ev.reason or 'infrastructure failure'}); not retrying"
                     " until a pool returns or master moves",
+                    run["commit"],
                 )
             return
         if ev.outcome not in ("pass", "fail"):
@@ -567,6 +573,7 @@ class GatePolicy:
             f" promoted on a partial run that did not cover them, so the culprit is among commits"
             f" already on master and cannot be blamed by the gate; {sha[:12]} and everything above"
             " it inherit the failure; waiting for a fix on staging",
+            sha,
         )
         self._block(sha, sorted(broken))
         return True
@@ -615,6 +622,44 @@ class GatePolicy:
         out.append(StartRun(run_id, sha, pool, kind, tuple(t) if t is not None else None))  # type: ignore[arg-type]
 
     def _plan(self, out: list[Action]) -> None:
+        self._plan_runs(out)
+        s = self._s
+        if s["blocked_to"] is not None and self._blocked_index(self._good()) is not None:
+            self._alert_still_failing(self._update_groups(), not s["runs"], out)
+
+    def _alert_still_failing(self, groups: list[dict], idle: bool, out: list[Action]) -> None:
+        """Never stall silently behind a block. A blamed culprit whose tests still fail at a
+        commit pushed after its blame (a revert, a fix that did not fix it, or a second culprit
+        breaking the same tests, masked in its span) needs a human: the gate cannot tell where a
+        fix landed or isolate the masked one. Alert once per blame (the episode ends when a
+        commit passes its tests, or the block clears), when ``STILL_FAILING_TIPS`` newer
+        commits fail them, or at once when the gate has nothing left in flight."""
+        s, cand = self._s, self._s["candidates"]
+        for g in groups:
+            if g["fixed"] is not None or g.get("masked") or g.get("alerted"):
+                continue
+            tests, ci = set(g["tests"]), self._index[g["culprit"]]
+            after = max(self._index.get(g["tip"], ci), ci)
+            failing = sorted(
+                i
+                for sha, rs in s["results"].items()
+                if (i := self._index.get(sha, -1)) > after and self._evidence(rs, tests) == "fail"
+            )
+            if not failing or (len(failing) < STILL_FAILING_TIPS and not idle):
+                continue
+            g["alerted"] = True
+            a, top = g["culprit"], cand[failing[-1]]
+            self._alert(
+                out,
+                "still-failing",
+                f"{', '.join(g['tests'][:5])} still fail(s) at {len(failing)} commit(s) pushed after"
+                f" {a[:12]} was blamed, up to {top[:12]}: commits {a[:12]}..{top[:12]} stay blocked;"
+                " a revert or fix did not repair it, or another commit in that range breaks the"
+                " same tests (masked, the gate cannot isolate it); a fix on staging unblocks them",
+                top,
+            )
+
+    def _plan_runs(self, out: list[Action]) -> None:
         s, cfg = self._s, self.config
         self._parent_wanted = set()
         cand = s["candidates"]
@@ -649,6 +694,7 @@ class GatePolicy:
                         "inherited-failure",
                         f"{sha[:12]} fails {', '.join(unexplained[:5]) or 'tests'} that its parent was"
                         " never shown to pass (promoted on a partial run?); waiting for a fix on staging",
+                        sha,
                     )
                     self._block(sha, unexplained)
                     blocked, bad = len(cand) - 1, None
@@ -854,6 +900,7 @@ class GatePolicy:
                     f"culprit masked behind {a[:12]}; commits {a[:12]}..{cand[r][:12]} cannot be"
                     f" bisected until fixed: the revert {cand[r][:12]} still fails"
                     f" {', '.join(g['tests'][:5])}; testing new tips, a fix on staging unblocks them",
+                    cand[r],
                 )
 
     def _explained_at(self, i: int, groups: list[dict]) -> set[str]:
@@ -947,6 +994,7 @@ class GatePolicy:
                     "inherited-failure",
                     f"{sha[:12]} fails {', '.join(tests[:5])} that its parent was never shown to pass"
                     " (promoted on a partial run?); waiting for a fix on staging",
+                    sha,
                 )
                 self._block(sha, tests)
                 return True

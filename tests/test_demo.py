@@ -50,13 +50,10 @@ def test_demo_ci_run(tmp_path: Path) -> None:
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     paths = Paths(var)
     try:
-
-        def finished() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"the demo exited early ({proc.returncode}):\n{_text(tmp_path)}")
-            return paths.result.exists()
-
-        wait_for(finished, 200, "the demo's story to end", interval=0.5)
+        wait_for(
+            lambda: paths.result.exists() or proc.poll() is not None, 200, "the demo's story", interval=0.5
+        )
+        assert proc.poll() is None, f"the demo exited early ({proc.returncode}):\n{_text(tmp_path)}"
         result = json.loads(paths.result.read_text())
         assert result["ok"], _text(tmp_path)
         settings = yaml.safe_load(paths.settings.read_text())
@@ -113,8 +110,10 @@ def test_demo_ci_run(tmp_path: Path) -> None:
             cobbler_system = json.loads((systems / f"{name}.json").read_text())
             assert cobbler_system["name"] == name and cobbler_system["profile"]
             n = runs_per_pool[pool]
-            assert svc_log.count(f"/op/nopxe/system/{name} ") >= n, (name, n)
-            assert records[name]["installs"] >= n and records[name]["bootdev"].count("network") >= n
+            # every host installed at least once (installer call-back through Cobbler's front end);
+            # every run PXE-booted it (checked per run below)
+            assert svc_log.count(f"/op/nopxe/system/{name} ") >= 1, name
+            assert records[name]["installs"] >= 1 and records[name]["bootdev"].count("network") >= n
         for b, p in zip(builds, props, strict=True):
             if p.get("pool") != pool:
                 continue

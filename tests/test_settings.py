@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from master.settings import DEMO_SETTINGS, load_settings
+from master.settings import DEMO_SETTINGS, Gate, load_settings
 from master.yamlconf import ConfigError
 
 
@@ -76,7 +76,8 @@ def test_missing_required_keys_all_reported(tmp_path):
 
 
 def test_confirmations_follow_the_flake_aware_formula():
-    s = load_settings(DEMO_SETTINGS)
+    gate = Gate()  # defaults: target false-blame rate 0.001, prior flake rate 0.02
     # x = ceil(ln 0.001 / ln 0.02) = 2 (gating notes, L8)
-    assert s.gate.confirmations() == 2
-    assert s.gate.confirmations(observed_flake_rate=0.2) == 5
+    assert gate.confirmations() == 2
+    assert gate.confirmations(observed_flake_rate=0.2) == 5
+    assert Gate(confirm_runs=1).confirmations(observed_flake_rate=0.2) == 1

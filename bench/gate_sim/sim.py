@@ -9,8 +9,8 @@ What it plays:
   after ``revert_delay_hours`` (default 0: at once): content from the revert on no longer
   contains that culprit.
 * **developers answering alerts**: an ``Alert`` saying a human is needed (``HUMAN_ALERTS``:
-  a masked culprit, an inherited failure, master broken, retries exhausted ...) names the
-  commit it is about; ``fix_delay_hours`` later (default 2 h) a developer pushes a fix to the
+  a masked culprit, tests still failing after a blame, an inherited failure, master broken,
+  retries exhausted ...) names the commit it is about (``Alert.commit``); ``fix_delay_hours`` later (default 2 h) a developer pushes a fix to the
   staging tip for every culprit actually present in that commit's tree and not yet fixed or
   reverted (the simulator knows the truth, like a developer who debugs it). This is how
   ``hold`` mode works in practice; without it a stall blocks the queue to the end.
@@ -60,6 +60,7 @@ HUMAN_ALERTS = frozenset(
         "inherited-failure",
         "master-broken",
         "retries-exhausted",
+        "still-failing",
         "unknown-failure-behind-culprit",
     }
 )
@@ -412,7 +413,10 @@ class Simulator:
         return best
 
     def _schedule_human_fix(self, a: Alert) -> None:
-        sha = self._alerted_commit(a.message)
+        """A developer debugs the alert: ``fix_delay_hours`` later, a fix of every culprit in
+        the tree of the commit it names (``Alert.commit``; the message only as a fallback for
+        policies that do not set it)."""
+        sha = a.commit if a.commit in self.index and a.commit != BASE else self._alerted_commit(a.message)
         if sha is None:
             return
         for c in self._culprits_in(sha):

@@ -1,7 +1,7 @@
 """Render docs/reliability.md from var/reliability/results.json (written by the reliability tests).
 
-    python -m tests.reliability.report            # writes docs/reliability.md
-    python -m tests.reliability.report --check    # exit 1 if any fault was not survived or lost data
+python -m tests.reliability.report            # writes docs/reliability.md
+python -m tests.reliability.report --check    # exit 1 if any fault was not survived or lost data
 """
 
 from __future__ import annotations
@@ -32,6 +32,16 @@ counts lost results, leaked secrets or wrongly accepted input, and must be 0.
 """
 
 NOT_COVERED = """\
+## Known problems found by these tests
+
+- **IPMI under 30 % packet loss fails** (`steps/ipmi.py`): a direct pyghmi login through the
+  relay succeeds ~40 % of the time, yet `IpmiClient` with 11 tries of 8 s fails every try after
+  the first; tries it abandons leave pyghmi threads blocked for many minutes, so
+  `IpmiClient.stop()` (a thread-pool join) hangs. The test runs the client in a child process
+  that exits hard, and stays red until `steps/ipmi.py` is fixed.
+- A Cobbler connection dropped mid-request is reported with a Twisted `Failure` repr in the
+  message (clear enough, not pretty).
+
 ## Not covered yet
 
 These parts of issue #9 have no test here yet (they wait for the gate scheduler,
@@ -79,7 +89,9 @@ def _cell(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.reliability.report", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m tests.reliability.report", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--out", type=Path, default=DOC)
     ap.add_argument("--check", action="store_true", help="fail if any fault was not survived or lost data")

@@ -46,7 +46,9 @@ def _get(dep: Deployment, path: str, user: str | None) -> bytes:
         return r.read()
 
 
-def scan(dep: Deployment, secrets: dict[str, str], users: tuple[str | None, ...] = (None, "admin")) -> ScanReport:
+def scan(
+    dep: Deployment, secrets: dict[str, str], users: tuple[str | None, ...] = (None, "admin")
+) -> ScanReport:
     """Every REST document, build log and twistd.log of ``dep`` searched for each secret value."""
     report = ScanReport()
     values = {name: v for name, v in secrets.items() if v}
@@ -74,7 +76,9 @@ def scan(dep: Deployment, secrets: dict[str, str], users: tuple[str | None, ...]
                 if sub == "test_result_sets":
                     for rs in json.loads(data)["test_result_sets"]:
                         rid = rs["test_result_setid"]
-                        search(f"{who}: test results {rid}", _get(dep, f"test_result_sets/{rid}/results", user))
+                        search(
+                            f"{who}: test results {rid}", _get(dep, f"test_result_sets/{rid}/results", user)
+                        )
             for step in json.loads(_get(dep, f"builds/{bid}/steps", user))["steps"]:
                 logs = _get(dep, f"steps/{step['stepid']}/logs", user)
                 search(f"{who}: build {bid} step {step['name']} logs", logs)

@@ -106,7 +106,9 @@ class BmcFaults(unittest.TestCase):
             test="test_bmc_that_never_answers_is_a_clear_error_within_the_deadline",
             seconds=elapsed,
         )
-        self.assertEqual(msg, f"host pool1-kvm1: BMC {relay.endpoint}: power on: no answer within 1 s after 3 tries")
+        self.assertEqual(
+            msg, f"host pool1-kvm1: BMC {relay.endpoint}: power on: no answer within 1 s after 3 tries"
+        )
         self.assertNotIn(PASSWORD, msg)
         self.assertGreaterEqual(relay.counts.up_dropped, 3)  # one login attempt per try, at least
         self.assertEqual(relay.counts.up_forwarded, 0)

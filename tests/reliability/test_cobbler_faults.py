@@ -77,7 +77,9 @@ class CobblerFaults(unittest.TestCase):
         return self.fail("down (connection refused)", url, "connection refused (is Cobbler running?)")
 
     def test_cobbler_hanging(self):
-        return self.fail("hanging (accepts, never answers)", self.listen(_Silent), f"no answer within {TIMEOUT:g} s")
+        return self.fail(
+            "hanging (accepts, never answers)", self.listen(_Silent), f"no answer within {TIMEOUT:g} s"
+        )
 
     def test_cobbler_answers_garbage(self):
         return self.fail("answers HTML instead of XML-RPC", self.listen(_Garbage), "not an XML-RPC answer")
