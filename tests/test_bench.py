@@ -13,7 +13,7 @@ from bench.gate_sim.metrics import runs_limit, throughput_limit
 from bench.gate_sim.policies import POLICIES, RefPolicy
 from bench.gate_sim.sim import Scenario, Simulator, simulate
 from bench.gate_sim.trace import TraceError, dump_trace, generate, load_trace, parse_trace
-from schedulers.events import Promote, StagingUpdated
+from schedulers.events import Alert, Promote, StagingUpdated
 
 SC = Scenario()
 
@@ -140,3 +140,48 @@ def test_cli_reports_a_bad_trace_and_a_bad_policy_clearly(tmp_path, capsys):
     assert f"{bad}:1: field 'id' must be a non-empty string" in capsys.readouterr().err
     assert main(["--generate", "5", "--rate", "1", "--policy", "nope"]) == 2
     assert "unknown policy 'nope'" in capsys.readouterr().err
+
+
+def test_developers_answer_an_alert_with_a_fix_after_the_delay_and_it_unblocks_promotion():
+    """x3 and x8 break the same test (test_36): x3 is blamed and reverted, the revert still
+    fails, the gate alerts ``still-failing`` naming the revert; ``fix_delay_hours`` later the
+    simulated developer pushes a fix of x8 (the culprit left in that tree), whose tip passes
+    and is promoted with everything below it."""
+    trace = parse_trace(
+        "".join(
+            f'{{"id": "{c}", "arrival_ts": {60 * n}, "is_culprit": {str(c.startswith("x")).lower()}}}\n'
+            for n, c in enumerate(["a", "x3", "x8", "b"])
+        )
+    )
+    sc = Scenario(flake_rate=0.0, fix_delay_hours=2.0)
+    sim = Simulator(trace, sc, POLICIES["qacloud"](sc, trace), 1, "qacloud")
+    alerts: list[tuple[float, Alert]] = []
+    handle = sim.policy.handle
+
+    def spy(ev):
+        acts = handle(ev)
+        alerts.extend((sim.now, a) for a in acts if isinstance(a, Alert))
+        return acts
+
+    sim.policy.handle = spy
+    res = sim.run()
+    assert [(a.kind, a.commit) for _, a in alerts] == [("still-failing", "revert-x3@b")]
+    (fix,) = [c for c in sim.staging if c.startswith("fix-")]
+    assert fix == "fix-x8@revert-x3@b"
+    assert sim.arrival[fix] == pytest.approx(alerts[0][0] + 2.0)
+    assert sim.staging[sim.master] == fix  # the fix's tip passed and master reached it
+    assert (res.human_fixes, res.culprits_blamed, res.culprits_missed) == (1, 1, 0)
+    assert (res.promoted, res.unpromoted, res.illegal_promotions, res.master_breakage) == (2, 0, 0, 0)
+
+
+def test_the_alerted_commit_comes_from_the_alert_field_and_the_message_is_only_a_fallback():
+    trace = parse_trace('{"id": "x3", "arrival_ts": 0, "is_culprit": true}\n')
+    for alert in (
+        Alert("still-failing", "no commit named in this message", "x3"),
+        Alert("culprit-masked", "x3 still fails"),  # no commit field: parsed from the message
+    ):
+        sim = Simulator(trace, SC, PromotesUntested(SC.pool_names), 1, "p")
+        sim._arrive(trace[0])
+        sim._schedule_human_fix(alert)
+        assert sim.human_fixed == {"x3"}, alert
+        assert [(t, kind, c) for t, _, kind, c in sim._heap] == [(SC.fix_delay_hours, "fix", "x3")]

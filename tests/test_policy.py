@@ -8,6 +8,7 @@ every action.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -36,21 +37,24 @@ FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 
 @dataclass
 class History:
-    """Ground truth: commit i breaks test f"t{i}" if culprit; fixes[j] = culprit it repairs."""
+    """Ground truth: culprit i breaks test f"t{same.get(i, i)}" (``same``: culprits breaking
+    another culprit's test, i.e. masked in its span); fixes[j] = culprit it repairs."""
 
     n: int
     culprits: set[int]
     fixes: dict[int, int] = field(default_factory=dict)
     flaky: set[tuple[int, int]] = field(default_factory=set)  # (commit, attempt) -> spurious fail
     inconclusive: set[tuple[int, int]] = field(default_factory=set)
+    same: dict[int, int] = field(default_factory=dict)
+
+    def live(self, i: int) -> set[int]:
+        """Culprits in the tree at commit i and not fixed at or below it."""
+        fixed = {c for f, c in self.fixes.items() if f <= i}
+        return {c for c in self.culprits if c <= i and c not in fixed}
 
     def broken(self, i: int) -> set[str]:
         """Tests failing at commit i (i = -1 is master)."""
-        out = {f"t{c}" for c in self.culprits if c <= i}
-        for f, c in self.fixes.items():
-            if f <= i:
-                out.discard(f"t{c}")
-        return out
+        return {f"t{self.same.get(c, c)}" for c in self.live(i)}
 
 
 @dataclass
@@ -77,6 +81,10 @@ class Driver:
     runs_started: int = 0
     cancelled: set = field(default_factory=set)
     simultaneous: bool = False  # a round's runs end together (one handle_all) or one by one
+    depth: int = 0  # nesting of send() (actions answered by more events)
+    episode_alerted: bool = False  # an Alert since the block began
+    pushed_since_blame: bool = False  # commits pushed after the last Blame of the block
+    silent_stalls: list = field(default_factory=list)
 
     def __post_init__(self):
         self.policy = GatePolicy(self.cfg)
@@ -97,8 +105,25 @@ class Driver:
             state = json.loads(json.dumps(self.policy.to_state()))
             assert state == self.policy.to_state()
             self.policy = GatePolicy(self.cfg, state)
+        self.depth += 1
         for a in acts:
             self.act(a)
+        self.depth -= 1
+        if self.depth == 0:
+            self.check_not_silent()
+
+    def check_not_silent(self) -> None:
+        """Never idle silently with blocked work: blocked candidates, an idle pool and no run
+        in flight need an Alert in this block's episode, unless nothing was pushed since the
+        last Blame (the blame mail is the news; the developers have not answered yet)."""
+        v = self.policy.view()
+        blocked = any(c["status"] in ("blocked", "culprit") for c in v["candidates"])
+        if not blocked:
+            self.episode_alerted = self.pushed_since_blame = False
+            return
+        idle = any(p["state"] == "idle" for p in v["pools"].values())
+        if idle and not v["runs"] and self.pushed_since_blame and not self.episode_alerted:
+            self.silent_stalls.append((self.master, len(self.shas), [c["commit"] for c in v["culprits"]]))
 
     def act(self, a) -> None:
         h = self.hist
@@ -131,6 +156,7 @@ class Driver:
                 assert i in h.culprits
             self.blames.append(a.commit)
             self.blame_round[a.commit] = self.rounds
+            self.pushed_since_blame = False
             if self.fix_on_blame and self.cfg.culprit_action == "hold":
                 self.append_fix(i)
         elif isinstance(a, Revert):
@@ -139,10 +165,17 @@ class Driver:
             self.flakes.append(a)
         elif isinstance(a, Alert):
             self.alerts.append(a)
+            self.episode_alerted = True
+            assert a.commit, a  # every alert names the commit it is about
             if a.kind in ("inherited-failure", "master-broken") and self.fix_on_blame:
                 # master was promoted on a partial (filtered) run and breaks a test: fix it
-                for c in sorted(self.hist.culprits):
-                    if f"t{c}" in self.hist.broken(self.hist.n - 1):
+                for c in sorted(self.hist.live(self.hist.n - 1)):
+                    self.append_fix(c)
+            elif a.kind in ("culprit-masked", "still-failing") and self.fix_on_blame:
+                # a developer debugs the named commit and fixes every culprit in its tree
+                assert self.hist.live(self.sha_index(a.commit)), a  # it really still fails
+                for c in sorted(self.hist.live(self.sha_index(a.commit))):
+                    if c not in self.hist.fixes.values():
                         self.append_fix(c)
 
     def all_results(self):
@@ -155,6 +188,7 @@ class Driver:
         self.hist.n += 1
         self.hist.fixes[j] = culprit
         self.shas.append(f"c{j:03d}")
+        self.pushed_since_blame = True
         self.send(self.staging_event())
 
     def check_start(self, a: StartRun) -> None:
@@ -222,7 +256,7 @@ class Driver:
 
 
 @st.composite
-def histories(draw, flakes: bool = True, inconclusive: bool = True, fixes: bool = True):
+def histories(draw, flakes: bool = True, inconclusive: bool = True, fixes: bool = True, masked: bool = True):
     n = draw(st.integers(1, 64))
     culprits = draw(st.sets(st.integers(0, n - 1), max_size=3))
     fx: dict[int, int] = {}
@@ -238,7 +272,11 @@ def histories(draw, flakes: bool = True, inconclusive: bool = True, fixes: bool 
     seen: set[int] = set()
     flaky = {(c, a) for c, a in sorted(flaky) if not (c in seen or seen.add(c))}
     inc = draw(st.sets(pairs, max_size=6)) if inconclusive else set()
-    return History(n, culprits, fx, flaky, inc)
+    same = {}  # a later culprit may break an earlier one's test (masked in its span)
+    for a, b in itertools.pairwise(sorted(culprits)):
+        if masked and draw(st.booleans()):
+            same[b] = same.get(a, a)
+    return History(n, culprits, fx, flaky, inc, same)
 
 
 configs = st.builds(
@@ -256,14 +294,17 @@ configs = st.builds(
 def test_invariants_on_random_histories(hist, k, cfg, restart_every, simultaneous):
     d = Driver(hist, k, cfg, restart_every=restart_every, simultaneous=simultaneous)
     d.run()
-    # every culprit was fixed on blame, so everything ends on master
+    assert not d.silent_stalls, d.silent_stalls  # never idle and blocked without telling anyone
+    # every culprit was fixed on blame or on an alert, so everything ends on master
     assert d.master == d.hist.n - 1, (d.master, d.hist.n, d.blames, d.alerts)
     assert not d.policy.view()["runs"]
     assert len(set(d.blames)) == len(d.blames)  # each culprit blamed once
+    kinds = [(a.kind, a.commit) for a in d.alerts]
+    assert len(set(kinds)) == len(kinds), kinds  # no alert repeated (once per episode)
 
 
 @FAST
-@given(histories(flakes=False, inconclusive=False, fixes=False), st.integers(1, 4))
+@given(histories(flakes=False, inconclusive=False, fixes=False, masked=False), st.integers(1, 4))
 def test_first_culprit_is_blamed_and_prefix_promoted(hist, k):
     cfg = PolicyConfig(confirmations=1, speculate=False)
     d = Driver(hist, k, cfg, fix_on_blame=False)
@@ -570,3 +611,38 @@ def test_master_failing_the_inherited_tests_is_reported_and_nobody_is_blamed_for
     old = p.to_state()
     del old["parent_results"], old["parent_inconclusive"]
     assert GatePolicy(cfg, old).to_state()["parent_results"] == []
+
+
+def test_hold_mode_alerts_once_when_the_blamed_tests_still_fail_after_the_blame():
+    """hold: A is blamed, the developers revert it, but B (in A's span) breaks the same test,
+    so the revert still fails. The gate cannot know where a fix landed nor isolate B: it
+    alerts once, naming the range and the commit, instead of idling silently."""
+    staging = ["a0", "A", "B", "a3"]
+    breaks, fixes = {"A": "test_vm", "B": "test_vm"}, {}
+    p = GatePolicy(PolicyConfig(confirmations=1, speculate=False, culprit_action="hold"))
+    acts = p.handle(StagingUpdated("m", tuple(staging)))
+    seen = _play(p, "m", staging, breaks, fixes, acts + p.handle(PoolAvailable("p1")))
+    assert [a.commit for a in seen if isinstance(a, Blame)] == ["A"]
+    assert not [a for a in seen if isinstance(a, Alert)]  # the blame mail is the news so far
+
+    staging.append("revert-A")  # the developers' answer to the blame
+    fixes["revert-A"] = "A"
+    seen = _play(p, "a0", staging, breaks, fixes, p.handle(StagingUpdated("a0", tuple(staging[1:]))))
+    (alert,) = [a for a in seen if isinstance(a, Alert)]
+    assert (alert.kind, alert.commit) == ("still-failing", "revert-A")
+    assert "test_vm still fail(s) at 1 commit(s) pushed after A was blamed" in alert.message
+    assert "commits A..revert-A stay blocked" in alert.message
+    assert p.view()["alerts"][-1]["commit"] == "revert-A"
+    assert not p.in_flight()
+
+    # more innocent tips still fail: the same episode, no second alert, nobody else blamed
+    for n in ("n1", "n2"):
+        staging.append(n)
+        seen = _play(p, "a0", staging, breaks, fixes, p.handle(StagingUpdated("a0", tuple(staging[1:]))))
+        assert not [a for a in seen if isinstance(a, (Alert, Blame, Promote))]
+
+    staging.append("fixB")  # the developer's fix after the alert unblocks everything
+    fixes["fixB"] = "B"
+    seen = _play(p, "a0", staging, breaks, fixes, p.handle(StagingUpdated("a0", tuple(staging[1:]))))
+    assert [a.commit for a in seen if isinstance(a, Promote)] == ["fixB"]
+    assert not [a for a in seen if isinstance(a, Alert)]

@@ -10,10 +10,11 @@ What it plays:
   contains that culprit.
 * **developers answering alerts**: an ``Alert`` saying a human is needed (``HUMAN_ALERTS``:
   a masked culprit, tests still failing after a blame, an inherited failure, master broken,
-  retries exhausted ...) names the commit it is about (``Alert.commit``); ``fix_delay_hours`` later (default 2 h) a developer pushes a fix to the
-  staging tip for every culprit actually present in that commit's tree and not yet fixed or
-  reverted (the simulator knows the truth, like a developer who debugs it). This is how
-  ``hold`` mode works in practice; without it a stall blocks the queue to the end.
+  retries exhausted ...) names the commit it is about (``Alert.commit``); ``fix_delay_hours``
+  later (default 2 h) a developer pushes a fix to the staging tip for every culprit actually
+  present in that commit's tree and not yet fixed or reverted (the simulator knows the truth,
+  like a developer who debugs it). This is how ``hold`` mode works in practice; without it a
+  stall blocks the queue to the end.
 * **BVT runs**: a run fails when its content holds a culprit not yet fixed (a test filter
   does not change that), else it flakes with probability f; it ends inconclusive with
   probability ``infra_rate``. Duration and draws come from :mod:`.crn` with the key
