@@ -502,6 +502,13 @@ class GateScheduler(ReconfigurableBaseScheduler):
                 log.msg(f"gate: PROMOTE {sha}: master already contains it ({_short(m)})")
                 return Promoted(sha, True, "", self._now())
             result = await gitops.push_master(reactor, self.git_dir, sha, self.master_branch)
+            if not result.ok:
+                # a push of the same sha may have landed meanwhile (one left running by a master
+                # killed mid-push completes while we retry): that is a success, not a rejection
+                m, _ = await gitops.fetch(reactor, self.git_dir, self.master_branch, self.staging_branch)
+                if m == sha or await gitops.is_ancestor(reactor, self.git_dir, sha, m):
+                    log.msg(f"gate: PROMOTE {sha}: master already contains it ({_short(m)}; {result.reason})")
+                    return Promoted(sha, True, "", self._now())
         except gitops.GitError as e:
             result = gitops.PushResult(False, str(e))
         if result.ok:

@@ -128,8 +128,13 @@ async def push_master(reactor, git_dir: str, sha: str, master: str) -> PushResul
     if rc == 0:
         return PushResult(True)
     text = err.strip()
-    if "non-fast-forward" in text or "rejected" in text or "fetch first" in text:
+    if "non-fast-forward" in text or "fetch first" in text:
         return PushResult(False, f"rejected: master moved ({text.splitlines()[-1] if text else ''})")
+    if "remote rejected" in text or "rejected" in text:
+        # refused by the origin itself (a hook, a protected branch): say why, in git's words
+        said = [ln.removeprefix("remote:").strip() for ln in text.splitlines() if ln.startswith("remote:")]
+        why = [ln.strip() for ln in text.splitlines() if "rejected" in ln]
+        return PushResult(False, "rejected by the origin: " + "; ".join([*filter(None, said), *why]))
     return PushResult(False, text or f"git push exited {rc}")
 
 

@@ -1,0 +1,458 @@
+"""Master SIGKILLed at seeded points of a gate run with a bisect (SQLite and PostgreSQL).
+
+A reference run (real master, two real workers, a real bare origin, no faults) records the
+gate's decisions ("gate:" lines of twistd.log) and its result. A seeded RNG picks kill points
+among those events (plus a few forced ones: right after the first START, after the first
+bisect FINISHED, mid-confirmation, and mid-push: while the origin's pre-receive hook holds a
+promotion). The crash run replays the same history and SIGKILLs the master as soon as each
+event appears, restarts it, and goes on to the next point (several kills per run). After
+that: no BVT result lost (every finished gate build was fed to the gate or cancelled by it),
+no finished run repeated, master only fast-forwarded through passing commits, each pushed
+once, and the same culprit as the reference.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy
+from buildbot.process.results import CANCELLED, FAILURE, RETRY, SUCCESS
+
+from tests.support.procs import (
+    Deployment,
+    GitProject,
+    Postgres,
+    git,
+    make_deployment,
+    run,
+    simple_pool,
+    wait_for,
+)
+from tests.test_gate_integration import FAILING_TEST, RUN_TESTS, TEST_APP
+
+SEED = 20240917
+COMMITS = 6
+CULPRIT_INDEX = 3  # the 4th commit breaks test_value
+SQLITE_KILLS = 13  # seeded points on SQLite (at least 10 must be injected)
+PG_KILLS = 3
+
+EVENT_RES = [
+    ("START", re.compile(r"gate: START gate (\w+) run r\d+ of ([0-9a-f]{12})")),
+    ("FINISHED", re.compile(r"gate: run r\d+ \((\w+)\) of ([0-9a-f]{12}) on \S+: (\w+)")),
+    ("PROMOTE", re.compile(r"gate: PROMOTE ([0-9a-f]{12})")),
+    ("BLAME", re.compile(r"gate: BLAME ([0-9a-f]{12})")),
+    ("FETCH", re.compile(r"gate: master ([0-9a-f]{12}), staging ([0-9a-f]{12}): (\d+) candidate")),
+]
+PUSH_MARK = "pushes-begun"
+PRE_RECEIVE_SLOW = f"""#!/bin/sh
+# holds every master update for 2 s so the test can SIGKILL the master mid-push
+while read old new ref; do
+  if [ "$ref" = refs/heads/master ]; then echo "$new" >> "$GIT_DIR/{PUSH_MARK}"; sleep 2; fi
+done
+exit 0
+"""
+POST_RECEIVE_LOG = """#!/bin/sh
+while read old new ref; do echo "$ref $old $new" >> "$GIT_DIR/received"; done
+"""
+
+
+# ---------------------------------------------------------------------- shared helpers
+
+
+def gate_state(dep: Deployment, key: str = "view") -> dict | None:
+    """The gate scheduler's persisted object state ``key`` (SQLite or PostgreSQL)."""
+    url = _db_url(dep)
+    eng = sqlalchemy.create_engine(url)
+    try:
+        with eng.connect() as conn:
+            row = conn.execute(
+                sqlalchemy.text(
+                    "SELECT s.value_json FROM object_state s JOIN objects o ON o.id = s.objectid"
+                    " WHERE o.name = 'gate' AND o.class_name = 'GateScheduler' AND s.name = :k"
+                ),
+                {"k": key},
+            ).fetchone()
+    finally:
+        eng.dispose()
+    return json.loads(row[0]) if row else None
+
+
+def _db_url(dep: Deployment) -> str:
+    import yaml
+
+    url = yaml.safe_load(dep.master.settings.read_text())["database"]
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        url = f"sqlite:///{dep.master.basedir / url[len('sqlite:///') :]}"
+    return url
+
+
+def gate_builds(dep: Deployment) -> list[dict]:
+    """Gate builds over REST, with their gate properties flattened into ``props``."""
+    q = "builds?property=gate_run_id&property=gate_kind&property=bvt_tests&property=revision"
+    out = []
+    for b in dep.master.api(q)["builds"]:
+        props = {k: v[0] for k, v in (b.get("properties") or {}).items()}
+        if props.get("gate_run_id"):
+            out.append({**b, "props": props})
+    return out
+
+
+def fast_reconnect(dep: Deployment) -> None:
+    """Workers retry the master every second at most (default back-off grows to 300 s)."""
+    for w in dep.workers:
+        tac = w.basedir / "buildbot.tac"
+        tac.write_text(re.sub(r"(?m)^maxdelay = \d+$", "maxdelay = 1", tac.read_text()))
+
+
+def enable_origin_reflog(origin: Path) -> None:
+    git("config", "core.logAllRefUpdates", "always", cwd=origin)
+    hook = origin / "hooks" / "post-receive"
+    hook.write_text(POST_RECEIVE_LOG)
+    hook.chmod(0o755)
+
+
+def master_reflog(origin: Path) -> list[str]:
+    """New values of origin's master, oldest first (the bare repository's own reflog)."""
+    f = origin / "logs" / "refs" / "heads" / "master"
+    return [line.split()[1] for line in f.read_text().splitlines()] if f.exists() else []
+
+
+def master_updates(origin: Path) -> list[str]:
+    """Every update of master the origin received (post-receive hook), oldest first."""
+    f = origin / "received"
+    lines = f.read_text().splitlines() if f.exists() else []
+    return [ln.split()[2] for ln in lines if ln.startswith("refs/heads/master ")]
+
+
+def events(text: str) -> list[tuple]:
+    """The gate's decisions in a twistd.log text, as run-id-free keys."""
+    out = []
+    for line in text.splitlines():
+        for kind, rx in EVENT_RES:
+            m = rx.search(line)
+            if m:
+                out.append((kind, *m.groups()))
+                break
+    return out
+
+
+# ---------------------------------------------------------------------- scenario
+
+
+@dataclass
+class Scenario:
+    proj: GitProject
+    dep: Deployment
+    shas: list[str] = field(default_factory=list)
+
+    @property
+    def culprit(self) -> str:
+        return self.shas[CULPRIT_INDEX]
+
+    @property
+    def parent(self) -> str:
+        return self.shas[CULPRIT_INDEX - 1]
+
+    def log(self) -> str:
+        return (self.dep.master.basedir / "twistd.log").read_text(errors="replace")
+
+    def done(self) -> bool:
+        v = gate_state(self.dep) or {}
+        blamed = any(c["commit"] == self.culprit for c in v.get("culprits", []))
+        return blamed and not v.get("runs") and self.proj.head("master") == self.parent
+
+
+def start_scenario(root: Path, database: str | None = None, slow_push: bool = False) -> Scenario:
+    proj = GitProject.create(
+        root / "repo", {"run-tests.sh": RUN_TESTS, "test_app.py": TEST_APP, "value.txt": "ok\n"}
+    )
+    enable_origin_reflog(proj.origin)
+    if slow_push:
+        hook = proj.origin / "hooks" / "pre-receive"
+        hook.write_text(PRE_RECEIVE_SLOW)
+        hook.chmod(0o755)
+    dep = make_deployment(
+        root / "qa",
+        str(proj.origin),
+        [simple_pool("pool1", 1), simple_pool("pool2", 2)],
+        extra={"gate": {"confirm_runs": 1, "culprit_action": "hold"}},
+        database=database,
+    )
+    fast_reconnect(dep)
+    sc = Scenario(proj, dep)
+    dep.start()
+    dep.wait_workers()
+    initial = proj.head("master")
+    wait_for(lambda: (gate_state(dep) or {}).get("master") == initial, 30, "the gate to start")
+    for i in range(1, COMMITS + 1):
+        files = {f"notes/{i}.txt": f"change {i}\n"}
+        if i == CULPRIT_INDEX + 1:
+            files["value.txt"] = "broken\n"
+        sc.shas.append(proj.commit(f"change {i}", files, author=f"Dev{i} <dev{i}@example.org>"))
+    proj.push_staging()
+    return sc
+
+
+def reference_run(root: Path) -> tuple[list[tuple], dict]:
+    """An uninterrupted gate run: its decision events and result."""
+    sc = start_scenario(root)
+    try:
+        wait_for(sc.done, 120, "the reference run to blame the culprit")
+        v = gate_state(sc.dep)
+        (c,) = [c for c in v["culprits"] if c["commit"] == sc.culprit]
+        return events(sc.log()), {
+            "culprit_index": sc.shas.index(c["commit"]),
+            "failed_tests": c["failed_tests"],
+            "master_index": sc.shas.index(sc.proj.head("master")),
+        }
+    finally:
+        sc.dep.stop()
+
+
+def kill_points(ref: list[tuple], n: int, rng: random.Random) -> list[tuple[tuple, int]]:
+    """Forced points plus seeded ones, as (event key, occurrence) in reference order.
+
+    Keys hold commit positions ("c3"), not shas: the crash run has its own commits."""
+    occurrences: Counter = Counter()
+    numbered = []
+    for ev in ref:
+        occurrences[ev] += 1
+        numbered.append((ev, occurrences[ev]))
+    forced = []
+    for want in (
+        lambda e: e[0] == "START",
+        lambda e: e[0] == "FINISHED" and e[1] == "bisect",
+        lambda e: e[0] == "START" and e[1] == "confirm",
+    ):
+        hit = next((p for p in numbered if want(p[0])), None)
+        if hit and hit not in forced:
+            forced.append(hit)
+    rest = [p for p in numbered if p not in forced and p[0][0] != "BLAME" and p != numbered[0]]
+    chosen = forced + rng.sample(rest, min(len(rest), max(0, n - len(forced))))
+    return sorted(chosen, key=numbered.index)
+
+
+def _positional(evs: list[tuple], shas: list[str], initial: str) -> list[tuple]:
+    """Replace short shas in event keys with commit positions (c0 = the initial master)."""
+    pos = {s[:12]: f"c{i + 1}" for i, s in enumerate(shas)} | {initial[:12]: "c0"}
+    return [tuple(pos.get(x, x) if isinstance(x, str) else x for x in ev) for ev in evs]
+
+
+@dataclass
+class Injection:
+    point: str
+    waited: float
+    restart: float
+
+
+def _wait_point(sc: Scenario, initial: str, key: tuple | str, nth: int, push_pending: bool) -> str:
+    """Wait for the ``nth`` event ``key`` (or a promotion held by the hook while ``push_pending``).
+
+    Returns "event", "push" or "done" (the gate finished first)."""
+    checked = [time.monotonic()]
+    mark = sc.proj.origin / PUSH_MARK
+
+    def reached() -> str | None:
+        if push_pending and mark.exists() and mark.read_text().split():
+            return "push"
+        if key != "PUSH" and _positional(events(sc.log()), sc.shas, initial).count(key) >= nth:
+            return "event"
+        if time.monotonic() - checked[0] >= 0.5:  # the expensive check, twice a second
+            checked[0] = time.monotonic()
+            if sc.done():
+                return "done"
+        return None
+
+    return wait_for(reached, 90, f"kill point {key} #{nth}", interval=0.03)
+
+
+def crash_run(root: Path, points: list[tuple[tuple, int]], database: str | None = None) -> dict:
+    """Replay the scenario, SIGKILL the master at each point (and once mid-push); check it all."""
+    sc = start_scenario(root, database=database, slow_push=True)
+    initial = git("rev-list", "--max-parents=0", "master", cwd=sc.proj.origin)
+    m = sc.dep.master
+    done: list[Injection] = []
+    targets: list = list(points)
+    skipped: list = []
+    push_pending = True
+    try:
+        while targets or push_pending:
+            seen = _positional(events(sc.log()), sc.shas, initial)
+            if targets and seen.count(targets[0][0]) >= targets[0][1]:
+                skipped.append(targets.pop(0))  # passed already: the crash run's order differs
+                continue
+            key, nth = targets[0] if targets else ("PUSH", 1)
+            t0 = time.monotonic()
+            got = _wait_point(sc, initial, key, nth, push_pending)
+            if got == "done":
+                break
+            if got == "push":
+                push_pending = False
+                point = "mid-push of a promotion (the origin's pre-receive hook running)"
+            else:
+                targets.pop(0)
+                point = f"{' '.join(map(str, key))} #{nth}"
+            waited = time.monotonic() - t0
+            m.kill()
+            t1 = time.monotonic()
+            m.start()
+            sc.dep.wait_workers(60)
+            done.append(Injection(point, round(waited, 2), round(time.monotonic() - t1, 2)))
+        try:
+            wait_for(sc.done, 150, "the gate to finish after the kills")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{m.log_tail(120)}") from None
+        return {**_check(sc, done), "skipped": skipped}
+    finally:
+        sc.dep.stop()
+
+
+def _check(sc: Scenario, done: list[Injection]) -> dict:
+    """What survived: results fed, runs not repeated, promotions, culprit."""
+    text = sc.log()
+    v = gate_state(sc.dep)
+    builds = gate_builds(sc.dep)
+    finished = [b for b in builds if b["complete"] and b["results"] not in (RETRY, CANCELLED)]
+    # every finished build's result reached the gate (or its run was cancelled by the gate)
+    lost = [
+        b
+        for b in finished
+        if not re.search(
+            rf"gate: (run {b['props']['gate_run_id']} \(|CANCEL run {b['props']['gate_run_id']}:)", text
+        )
+    ]
+    per_run = Counter(b["props"]["gate_run_id"] for b in finished)
+    repeated = [r for r, n in per_run.items() if n > 1]
+    key = Counter(
+        (b["props"]["revision"], b["props"]["gate_kind"], json.dumps(b["props"].get("bvt_tests")))
+        for b in finished
+        if b["props"]["gate_kind"] != "confirm"
+    )
+    repeated_keys = [k for k, n in key.items() if n > 1]
+    passed = {b["props"]["revision"] for b in finished if b["results"] == SUCCESS}
+    updates = master_updates(sc.proj.origin)
+    reflog = master_reflog(sc.proj.origin)
+    forward = all(
+        run(["git", "merge-base", "--is-ancestor", a, b], cwd=sc.proj.origin, check=False).returncode == 0
+        for a, b in itertools.pairwise(reflog)
+    )
+    (c,) = [c for c in v["culprits"] if c["commit"] == sc.culprit]
+    on_culprit = [b for b in finished if b["props"]["revision"] == sc.culprit]
+    return {
+        "injections": done,
+        "lost": lost,
+        "repeated": repeated,
+        "repeated_keys": repeated_keys,
+        "updates": updates,
+        "reflog": reflog,
+        "forward": forward,
+        "untested_promotions": [u for u in updates if u not in passed],
+        "culprit_index": sc.shas.index(c["commit"]),
+        "failed_tests": c["failed_tests"],
+        "master_index": sc.shas.index(sc.proj.head("master")),
+        "culprit_failed": all(b["results"] == FAILURE for b in on_culprit) and len(on_culprit) >= 1,
+        "resumed": text.count("gate: resumed:"),
+        "log_tail": sc.dep.master.log_tail(150),
+    }
+
+
+def _assert_survived(res: dict, ref: dict) -> None:
+    tail = res["log_tail"]
+    assert res["lost"] == [], (res["lost"], tail)
+    assert res["repeated"] == [] and res["repeated_keys"] == [], (res["repeated"], res["repeated_keys"], tail)
+    assert res["forward"], res["reflog"]
+    assert len(res["updates"]) == len(set(res["updates"])), f"a sha pushed twice: {res['updates']}"
+    assert res["untested_promotions"] == [], res["untested_promotions"]
+    assert res["reflog"][1:] == res["updates"], (res["reflog"], res["updates"])
+    assert res["culprit_index"] == ref["culprit_index"] == CULPRIT_INDEX
+    assert res["failed_tests"] == ref["failed_tests"] == [FAILING_TEST]
+    assert res["master_index"] == ref["master_index"] == CULPRIT_INDEX - 1
+    assert res["culprit_failed"]
+    assert res["resumed"] >= len(res["injections"]), tail
+
+
+def _data_lost(res: dict) -> int:
+    return (
+        len(res["lost"])
+        + len(res["repeated"])
+        + len(res["repeated_keys"])
+        + len(res["untested_promotions"])
+        + (len(res["updates"]) - len(set(res["updates"])))
+        + (0 if res["forward"] else 1)
+    )
+
+
+def test_master_sigkill_at_seeded_gate_events(tmp_path, reliability):
+    t0 = time.monotonic()
+    ref_events, ref = reference_run(tmp_path / "ref")
+    # reference keys use commit positions too (the reference has its own shas)
+    ref_repo = tmp_path / "ref" / "repo" / "origin.git"
+    order = git("rev-list", "--reverse", "--first-parent", "staging", cwd=ref_repo).split()
+    pos = {s[:12]: f"c{i}" for i, s in enumerate(order)}
+    ref_keys = [tuple(pos.get(x, x) for x in ev) for ev in ref_events]
+    assert ("BLAME", f"c{CULPRIT_INDEX + 1}") in ref_keys, ref_keys
+    rng = random.Random(SEED)
+    points = kill_points(ref_keys, SQLITE_KILLS, rng)
+    assert any(p[0][0] == "START" and p[0][1] == "confirm" for p in points), points
+
+    res = crash_run(tmp_path / "crash", points)
+    kills = len(res["injections"])
+    survived_ok = True
+    try:
+        _assert_survived(res, ref)
+        assert kills >= 10, [i.point for i in res["injections"]]
+        assert any(i.point.startswith("mid-push") for i in res["injections"]), res["injections"]
+    except AssertionError:
+        survived_ok = False
+        raise
+    finally:
+        reliability.record(
+            "master SIGKILL at seeded gate events (SQLite)",
+            area="gate",
+            injected=kills,
+            survived=kills if survived_ok else 0,
+            data_lost=_data_lost(res),
+            detail=(
+                f"seed {SEED}, {COMMITS} commits, culprit #{CULPRIT_INDEX + 1} found by bisect; kill points: "
+                + "; ".join(i.point for i in res["injections"])
+                + f". Same culprit and master as the uninterrupted reference; {len(res['updates'])} push(es)"
+                " to master, each a fast-forward to a passing commit, none repeated"
+            ),
+            test="test_master_crash.py::test_master_sigkill_at_seeded_gate_events",
+            seconds=time.monotonic() - t0,
+        )
+    # PostgreSQL: the first points of the same seeded list (a subset)
+    t1 = time.monotonic()
+    pg = Postgres()
+    url = pg.start()
+    try:
+        pg_points = kill_points(ref_keys, PG_KILLS, random.Random(SEED))[:PG_KILLS]
+        res_pg = crash_run(tmp_path / "crash-pg", pg_points, database=url)
+    finally:
+        pg.stop()
+    kills_pg = len(res_pg["injections"])
+    ok = True
+    try:
+        _assert_survived(res_pg, ref)
+        assert kills_pg >= 2, res_pg["injections"]
+    except AssertionError:
+        ok = False
+        raise
+    finally:
+        reliability.record(
+            "master SIGKILL at seeded gate events (PostgreSQL)",
+            area="gate",
+            injected=kills_pg,
+            survived=kills_pg if ok else 0,
+            data_lost=_data_lost(res_pg),
+            detail="kill points: " + "; ".join(i.point for i in res_pg["injections"]) + "; same culprit",
+            test="test_master_crash.py::test_master_sigkill_at_seeded_gate_events",
+            seconds=time.monotonic() - t1,
+        )
