@@ -6,6 +6,7 @@ Subcommands register themselves in :data:`COMMANDS` (name -> (help, add_argument
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import subprocess
 import sys
@@ -130,11 +131,10 @@ def cmd_create_master(ns: argparse.Namespace) -> int:
     return _buildbot("upgrade-master", "--quiet", str(base), env=_env_for(ns.settings))
 
 
-from master import cli_pool  # noqa: E402, F401  (registers `qacloud pool`)
-
-
 def main(argv: list[str] | None = None) -> int:
-    import master.cli_lab  # noqa: F401  (registers `power` and `check`)
+    # subcommand modules register themselves in COMMANDS (imported here: they import this module)
+    for module in ("master.cli_lab", "master.cli_pool"):  # power, check; pool release
+        importlib.import_module(module)
 
     parser = argparse.ArgumentParser(prog="qacloud", description="qacloud: gate CloudStack staging -> master")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -145,4 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the importable module, so subcommand modules register into the same COMMANDS
+    from master.cli import main as _main
+
+    sys.exit(_main())

@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+from buildbot.data import resultspec
 from buildbot.process.properties import Properties
 from buildbot.process.results import CANCELLED
 from buildbot.schedulers.base import ReconfigurableBaseScheduler
@@ -89,6 +90,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         self._consumers: list = []
         self._timer: task.LoopingCall | None = None
         self._poll_queued = False
+        self._unreachable = False  # the last fetch failed (alerted once)
         self._queued: list[Event] = []  # events produced while acting (Promoted)
 
     def checkConfig(  # type: ignore[override]
@@ -241,8 +243,13 @@ class GateScheduler(ReconfigurableBaseScheduler):
         assert self.policy is not None
         events: list[Event] = []
         for run_id, run in self.policy.in_flight().items():
-            m = self._runs.get(run_id)
+            m = self._runs.get(run_id) or await self._find_buildset(run_id, run["commit"])
             bs = await self.master.db.buildsets.getBuildset(m["bsid"]) if m else None
+            if bs is not None and not bs.complete:
+                # the master may have died after the last build request finished but before
+                # Buildbot completed the buildset: Buildbot never re-checks, so complete it now
+                await self.master.data.updates.maybeBuildsetComplete(m["bsid"])
+                bs = await self.master.db.buildsets.getBuildset(m["bsid"])
             if bs is None:
                 log.msg(
                     f"gate: run {run_id} of {_short(run['commit'])} has no buildset (the master stopped"
@@ -264,6 +271,21 @@ class GateScheduler(ReconfigurableBaseScheduler):
                 if bs is None or bs.complete:
                     del self._runs[run_id]
         return events
+
+    async def _find_buildset(self, run_id: str, commit: str) -> dict | None:
+        """The buildset of a run the master created but was killed before remembering (it is
+        tagged ``external_idstring`` "gate:<run id>"): adopted, so it is never run twice."""
+        bss = await self.master.data.get(
+            ("buildsets",), filters=[resultspec.Filter("external_idstring", "eq", [_external_id(run_id)])]
+        )
+        bss = [b for b in bss if any(ss.get("revision") == commit for ss in b.get("sourcestamps") or [])]
+        if not bss:
+            return None
+        bsid = max(b["bsid"] for b in bss)
+        brs = await self.master.db.buildrequests.getBuildRequests(bsid=bsid)
+        self._runs[run_id] = {"bsid": bsid, "brid": brs[0].buildrequestid if brs else None}
+        log.msg(f"gate: run {run_id} of {_short(commit)}: adopted buildset {bsid} created before the restart")
+        return self._runs[run_id]
 
     # ------------------------------------------------------------------ inputs
 
@@ -306,7 +328,15 @@ class GateScheduler(ReconfigurableBaseScheduler):
             commits = await gitops.candidates_async(reactor, self.git_dir, m, s)
         except gitops.GitError as e:
             log.msg(f"gate: cannot read {self.repo_url}: {e}")
+            if not self._unreachable:  # alert once per outage; the periodic fetch retries
+                self._unreachable = True
+                msg = f"cannot read {self.repo_url} (retrying every {self.fetch_interval}s): {e}"
+                log.msg(f"gate: ALERT origin-unreachable: {msg}")
+                self._notify("alert", "origin-unreachable", msg)
             return
+        if self._unreachable:
+            self._unreachable = False
+            log.msg(f"gate: {self.repo_url} is reachable again")
         self._last_seen = (m, s)
         log.msg(f"gate: master {_short(m)}, staging {_short(s)}: {len(commits)} candidate(s)")
         await self._process(
@@ -476,6 +506,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
             ],
             properties=props,
             builderNames=list(self.builderNames),
+            external_idstring=_external_id(a.run_id),  # found again if we die before saving "runs"
         )
         self._runs[a.run_id] = {"bsid": bsid, "brid": next(iter(brids.values()), None)}
         await self.setState("runs", self._runs)  # before anything can depend on it
@@ -541,6 +572,10 @@ class GateScheduler(ReconfigurableBaseScheduler):
 
     def _now(self) -> float:
         return float(self.master.reactor.seconds())
+
+
+def _external_id(run_id: str) -> str:
+    return f"gate:{run_id}"
 
 
 def _prop(props: dict, name: str) -> Any:

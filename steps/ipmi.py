@@ -12,7 +12,12 @@ cached session even after the BMC went away, which then takes ~50 s to fail.
 
 from __future__ import annotations
 
+import functools
+import random
+import socket
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -73,6 +78,7 @@ def install_pyghmi_io_fix() -> None:
     from pyghmi.ipmi.private import session as ipmisession
 
     ipmisession._io_sendto = _sendto_keeping_mode
+    _ensure_waker()
 
 
 class _Unanswered(Exception):
@@ -81,32 +87,6 @@ class _Unanswered(Exception):
 
 class _AuthFailed(Exception):
     pass
-
-
-def _purge_cached_sessions(address: str, port: int) -> None:
-    """Forget pyghmi's cached client sessions to this BMC so the next call logs in afresh.
-
-    This also drops the session of an abandoned (timed-out) try still blocked on its thread,
-    so a retry never joins a login that is already failing.
-    """
-    from pyghmi.ipmi.private import session as ipmisession
-
-    doomed = []
-    for handlers in list(ipmisession.Session.bmc_handlers.values()):
-        if isinstance(handlers, dict):
-            doomed += [(handlers, key, sess) for key, sess in list(handlers.items())]
-    for key, sess in list(ipmisession.Session.initting_sessions.items()):
-        doomed.append((ipmisession.Session.initting_sessions, key, sess))
-    for container, key, sess in doomed:
-        if getattr(sess, "servermode", False) or getattr(sess, "port", None) != port:
-            continue
-        if getattr(sess, "bmc", None) != address:
-            continue
-        try:
-            sess._mark_broken()
-        except Exception:
-            sess.broken = True
-        container.pop(key, None)
 
 
 def _classify(exc: Exception) -> Exception:
@@ -119,30 +99,250 @@ def _classify(exc: Exception) -> Exception:
     return exc
 
 
-_purge_lock = threading.Lock()
+class _Attempt:
+    """One try of one call: the reactor abandons it on timeout, its pool thread retires it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.abandoned = False
+        self.session: Any = None
+
+    def bind(self, session: Any) -> bool:
+        with self._lock:
+            if self.abandoned:
+                return False
+            self.session = session
+            return True
+
+    def abandon(self) -> None:
+        """Called on the reactor thread when the try timed out: its session stops at once."""
+        with self._lock:
+            self.abandoned = True
+            session = self.session
+        if session is not None:
+            session.stop("abandoned after the try's timeout")
 
 
-def _blocking_call(target: BmcTarget, fn: Callable[[Any], T]) -> T:
-    """Log in to the BMC and run ``fn(command)``; runs on a pool thread."""
-    from pyghmi.exceptions import IpmiException
+# Sockets of retired sessions: closed a while later, once pyghmi's I/O thread cannot be in a
+# select() on them or routing a datagram to them any more (closing earlier can kill that thread).
+_GRAVE_SECONDS = 3.0
+_graveyard: deque[tuple[float, Any, Any]] = deque()
+_graveyard_lock = threading.Lock()
+
+
+def _bury(session: Any) -> None:
+    """Take a retired session's socket out of pyghmi's I/O set now; close it later."""
+    from pyghmi.ipmi.private import session as ipmisession
+
+    sock = getattr(session, "socket", None)
+    if sock is None:
+        return
+    with ipmisession.Session.socketchecking:
+        if sock in ipmisession.iosockets:
+            ipmisession.iosockets.remove(sock)
+    _wake_io_thread()
+    with _graveyard_lock:
+        _graveyard.append((time.monotonic() + _GRAVE_SECONDS, session, sock))
+    _reap()
+
+
+def _reap(everything: bool = False) -> None:
+    """Close the buried sockets whose grace period is over; forget their sessions' routes."""
+    from pyghmi.ipmi.private import session as ipmisession
+
+    now = time.monotonic()
+    due = []
+    with _graveyard_lock:
+        while _graveyard and (everything or _graveyard[0][0] <= now):
+            due.append(_graveyard.popleft())
+    for _, session, sock in due:
+        for handlers in list(ipmisession.Session.bmc_handlers.values()):
+            if not isinstance(handlers, dict):
+                continue
+            for port, sess in list(handlers.items()):
+                if sess is session:
+                    handlers.pop(port, None)
+        with ipmisession.Session.socketchecking:
+            ipmisession.Session.socketpool.pop(sock, None)
+        sock.close()
+
+
+def _wake_io_thread() -> None:
+    """Make pyghmi's I/O thread leave select() and re-read its socket list."""
+    from pyghmi.ipmi.private import session as ipmisession
+
+    if ipmisession.iosockets and ipmisession.myself:
+        waker = ipmisession.iosockets[0]
+        try:
+            waker.sendto(b"\x01", (ipmisession.myself, waker.getsockname()[1]))
+        except OSError:
+            pass
+
+
+def _ensure_waker() -> None:
+    """Give pyghmi a permanent first socket: it wakes its I/O thread through ``iosockets[0]``.
+
+    Sessions' sockets are closed after use here, so the waker must not be one of them.
+    """
+    from pyghmi.ipmi.private import session as ipmisession
+
+    if ipmisession.Session.socketchecking is None:
+        ipmisession.Session.socketchecking = threading.Lock()
+    with ipmisession.Session.socketchecking:
+        if ipmisession.myself is None and not ipmisession.iosockets:
+            waker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            waker.bind(("127.0.0.1", 0))
+            ipmisession.iosockets.append(waker)
+            ipmisession.myself = "127.0.0.1"
+
+
+# (BMC address, port) -> RAKP algorithm its last login used (1 = SHA-1, 256 = SHA-256 first)
+_auth_algorithms: dict[tuple[str, int], int] = {}
+
+
+@functools.cache
+def _session_class() -> type:
+    """pyghmi's client session, made single-use: one session, one socket, one try.
+
+    pyghmi shares client sessions per (BMC, port, user) and packs up to 64 sessions onto one
+    UDP socket, routing datagrams by (BMC address, local port). Every new session restarts
+    its RMCP+ session id and tag at the same values, so under packet loss a late answer to
+    an abandoned try reached the next try's session on the same socket and derailed its
+    login, and a try that joined a failing cached session failed with it. Here each try gets
+    a new session on its own new socket (a new source port), is never shared, and is stopped
+    (no retransmits, no relogin, no keepalives) when it is abandoned or done.
+    """
+    from pyghmi.ipmi.private import session as ipmisession
+
+    class TrySession(ipmisession.Session):
+        def __new__(cls, *args, **kwargs):
+            return object.__new__(cls)  # never a cached or half-initialised shared session
+
+        def __init__(self, bmc, userid, password, port, attempt: _Attempt):
+            self.forbidsock = []
+            self.stopped = False
+            if not attempt.bind(self):
+                raise _Unanswered("abandoned")
+            super().__init__(bmc, userid, password, port=port, keepalive=False)
+
+        @classmethod
+        def _assignsocket(cls, server=None, forbiddensockets=()):
+            # called under Session.socketchecking: forbid every existing socket -> a new one
+            sock = super()._assignsocket(server, forbiddensockets=tuple(cls.socketpool))
+            cls.socketpool[sock] = ipmisession.MAX_BMCS_PER_SOCKET  # never shared either
+            return sock
+
+        def stop(self, reason: str) -> None:
+            """End this session's activity now, from any thread, without waiting on the BMC."""
+            self.stopped = True
+            self.broken = True
+            self.errormsg = reason
+            self.logging = False
+            self.logged = 0
+            self.onlogpayload = None
+            self.lastpayload = None
+            self.incommand = False
+            with ipmisession.util.protect(ipmisession.WAITING_SESSIONS):
+                ipmisession.Session.waiting_sessions.pop(self, None)
+            with ipmisession.util.protect(ipmisession.KEEPALIVE_SESSIONS):
+                ipmisession.Session.keepalive_sessions.pop(self, None)
+
+        def _initsession(self):
+            super()._initsession()
+            # skip the SHA-256 proposal a BMC already turned down (one round trip per login)
+            self.attemptedhash = _auth_algorithms.get((self.bmc, self.port), self.attemptedhash)
+            self._retrying = False
+            if self.stopped:
+                self.logging = False
+
+        def send_payload(self, payload=(), payload_type=None, retry=True, **kwargs):
+            # pyghmi gives an IPMI request a fresh retransmission budget once the previous
+            # one was answered, but not the RMCP+ login steps: one lost datagram anywhere in
+            # open-session/RAKP used up the budget of the whole login. A new packet (not a
+            # retransmission from _timedout) gets a fresh budget here too.
+            if payload and not self._retrying:
+                self.timeout = ipmisession.initialtimeout + 0.5 * random.random()
+            super().send_payload(payload, payload_type, retry, **kwargs)
+
+        def _req_priv_level(self):
+            _auth_algorithms[(self.bmc, self.port)] = self.attemptedhash  # RAKP4 was accepted
+            super()._req_priv_level()
+
+        def _xmit_packet(self, retry=True, delay_xmit=None, timeout=None):
+            if not self.stopped:
+                super()._xmit_packet(retry=retry, delay_xmit=delay_xmit, timeout=timeout)
+
+        def _timedout(self):
+            if self.stopped:
+                return
+            self._retrying = True
+            try:
+                super()._timedout()
+            finally:
+                self._retrying = False
+
+        def process_pktqueue(self):
+            if self.stopped:
+                self.pktqueue.clear()
+            else:
+                super().process_pktqueue()
+
+    return TrySession
+
+
+def _command(session: Any) -> Any:
+    """pyghmi's ``Command`` over a session created here (pyghmi 1.6.19's attributes)."""
     from pyghmi.ipmi import command
 
+    cmd = object.__new__(command.Command)
+    cmd.__dict__.update(
+        onlogon=None,
+        bmc=session.bmc,
+        _sdrcachedir=None,
+        _sdr=None,
+        _oem=None,
+        _oemknown=False,
+        _netchannel=None,
+        _ipv6support=None,
+        certverify=None,
+        kwargs={},
+        ipmi_session=session,
+    )
+    return cmd
+
+
+def _retire(session: Any, *, logout: bool) -> None:
+    """Close the BMC session (if asked and still logged in), stop it and bury its socket."""
+    if logout and session.logged and not session.broken:
+        try:
+            session.incommand = False
+            session.logout()  # Close Session, not waiting for the answer
+        except Exception:
+            pass
+    session.stop("retired")
+    _bury(session)
+
+
+def _blocking_call(target: BmcTarget, fn: Callable[[Any], T], attempt: _Attempt) -> T:
+    """Log in to the BMC with a fresh session and run ``fn(command)``; runs on a pool thread."""
+    from pyghmi.exceptions import IpmiException
+
     install_pyghmi_io_fix()
-    with _purge_lock:
-        _purge_cached_sessions(target.address, target.port)
+    ok = False
     try:
-        cmd = command.Command(
-            bmc=target.address,
-            userid=target.username,
-            password=target.password,
-            port=target.port,
-            keepalive=False,
-        )
-        return fn(cmd)
+        session = _session_class()(target.address, target.username, target.password, target.port, attempt)
+        if attempt.abandoned:
+            raise _Unanswered("abandoned")
+        result = fn(_command(session))
+        ok = True
+        return result
     except IpmiException as e:
         raise _classify(e) from None
     except OSError as e:
         raise _Unanswered(f"network error: {e.strerror or e}") from None
+    finally:
+        if attempt.session is not None:
+            _retire(attempt.session, logout=ok)
 
 
 class IpmiClient:
@@ -155,6 +355,7 @@ class IpmiClient:
         retries: int = 3,
         concurrency: int = 16,
         backoff: float = 0.5,
+        max_backoff: float = 5.0,
         reactor=None,
     ):
         if reactor is None:
@@ -165,6 +366,7 @@ class IpmiClient:
         self.timeout = timeout
         self.tries = retries + 1
         self.backoff = backoff
+        self.max_backoff = max(backoff, max_backoff)
         self._sem = defer.DeferredSemaphore(concurrency)
         # timed-out tries keep their thread until pyghmi gives up: leave room for them
         self._pool = ThreadPool(minthreads=0, maxthreads=concurrency * 2, name="qacloud-ipmi")
@@ -186,12 +388,14 @@ class IpmiClient:
         await self._sem.acquire()
         try:
             last = "no answer"
-            for attempt in range(1, self.tries + 1):
-                d = deferToThreadPool(self.reactor, self._pool, _blocking_call, target, fn)
+            for n in range(1, self.tries + 1):
+                attempt = _Attempt()
+                d = deferToThreadPool(self.reactor, self._pool, _blocking_call, target, fn, attempt)
                 d.addTimeout(self.timeout, self.reactor)
                 try:
                     return await d
                 except defer.TimeoutError:
+                    attempt.abandon()  # its thread stops soon; the next try has its own session
                     last = "no answer"
                 except _AuthFailed:
                     raise IpmiError(
@@ -204,8 +408,9 @@ class IpmiClient:
                     last = "no answer"
                 except Exception as e:  # a BMC completion code or a pyghmi error
                     last = f"BMC error: {e}"
-                if attempt < self.tries:
-                    await task.deferLater(self.reactor, self.backoff * 2 ** (attempt - 1))
+                if n < self.tries:
+                    delay = min(self.backoff * 2 ** (n - 1), self.max_backoff)
+                    await task.deferLater(self.reactor, delay)
             tries = f"{self.tries} {'try' if self.tries == 1 else 'tries'}"
             if last == "no answer":
                 reason = f"{what}: no answer within {self.timeout:g} s after {tries}"
@@ -242,18 +447,30 @@ class IpmiClient:
         return r.get("bootdev", "default")
 
     async def power(self, target: BmcTarget, operation: str) -> str:
-        """Run a named operation ('status', 'on', 'off', 'cycle', 'pxe'); return the power state."""
-        if operation == "pxe":
-            await self.set_bootdev(target, "pxe")
-        elif operation == "on":
-            await self.power_on(target)
-        elif operation == "off":
-            await self.power_off(target)
-        elif operation == "cycle":
-            await self.power_cycle(target)
-        elif operation != "status":
+        """Run a named operation ('status', 'on', 'off', 'cycle', 'pxe'); return the power state.
+
+        The operation and the status read share one login. A retry after the operation went
+        through only reads the status (power cycling twice would reset the host twice).
+        """
+        actions: dict[str, tuple[str, Callable[[Any], Any]]] = {
+            "status": ("power status", lambda c: None),
+            "on": ("power on", lambda c: c.set_power("on")),
+            "off": ("power off", lambda c: c.set_power("off")),
+            "cycle": ("power cycle", lambda c: c.set_power("boot")),
+            "pxe": ("set boot device pxe", lambda c: c.set_bootdev("network", persist=False)),
+        }
+        if operation not in actions:
             raise ValueError(f"unknown power operation {operation!r}")
-        return await self.power_status(target)
+        what, act = actions[operation]
+        acted = threading.Event()
+
+        def act_then_status(c) -> str:
+            if not acted.is_set():
+                act(c)
+                acted.set()
+            return c.get_power()["powerstate"]
+
+        return await self._call(target, what, act_then_status)
 
 
 def targets_for(hosts, passwords: dict[str, str]) -> list[BmcTarget]:

@@ -7,14 +7,15 @@ import secrets
 import pytest
 
 # --- Cobbler (lab/cobbler.py) -------------------------------------------------------------------
-# One real cobblerd per test session (its XML-RPC port 25151 is hard-coded, so only one can run).
+# One real cobblerd per test module (its XML-RPC port 25151 is hard-coded, so only one can run
+# at a time; module scope frees the port for tests that start their own, like the demo's).
 # Profiles every inventory in the tests uses exist; tests that need others call
 # ``cobbler_server.ensure_profiles([...])``. Use unique system/pool names per test.
 
 COBBLER_PROFILES = ("qacloud-mgmt", "qacloud-kvm", "qacloud-xen", "qacloud-esxi")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cobbler_server(tmp_path_factory):
     """The real Cobbler daemon + its /cblr/svc server on 127.0.0.1 (``lab.cobbler.CobblerServer``)."""
     from lab.cobbler import CobblerServer

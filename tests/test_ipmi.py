@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -169,7 +171,8 @@ class BmcProcess(unittest.TestCase):
     @defer.inlineCallbacks
     def test_killed_bmc_process_stops_answering(self):
         port = free_port(2)
-        spec = self.mktemp()
+        spec = os.path.join(tempfile.mkdtemp(prefix="qacloud-bmc-"), "spec.json")
+        self.addCleanup(shutil.rmtree, os.path.dirname(spec), True)
         with open(spec, "w") as f:
             json.dump([{"name": "p1", "port": port, "username": "admin", "password": PASSWORD}], f)
         proc = subprocess.Popen(

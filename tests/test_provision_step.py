@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from buildbot.process.results import FAILURE, SUCCESS
@@ -18,7 +19,9 @@ from tests.support.procs import simple_pool, write_inventory
 class ProvisionStepInput(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     def setUp(self):
         self.setup_test_reactor()
-        path = write_inventory(Path(self.mktemp() + ".yaml"), [simple_pool("pool1", 61)])
+        path = write_inventory(
+            Path(tempfile.mkdtemp(prefix="qacloud-inv-")) / "inventory.yaml", [simple_pool("pool1", 61)]
+        )
         self.inventory = load_inventory(path)
         return self.setup_test_build_step(with_secrets={})
 

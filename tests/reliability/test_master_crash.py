@@ -132,13 +132,13 @@ def master_updates(origin: Path) -> list[str]:
 
 
 def events(text: str) -> list[tuple]:
-    """The gate's decisions in a twistd.log text, as run-id-free keys."""
+    """The gate's decisions in a twistd.log text: ("START", kind), ("FINISHED", kind), ("PROMOTE",), ..."""
     out = []
     for line in text.splitlines():
         for kind, rx in EVENT_RES:
             m = rx.search(line)
             if m:
-                out.append((kind, *m.groups()))
+                out.append((kind, m.group(1)) if kind in ("START", "FINISHED") else (kind,))
                 break
     return out
 
@@ -217,32 +217,23 @@ def reference_run(root: Path) -> tuple[list[tuple], dict]:
 
 
 def kill_points(ref: list[tuple], n: int, rng: random.Random) -> list[tuple[tuple, int]]:
-    """Forced points plus seeded ones, as (event key, occurrence) in reference order.
+    """Forced points plus seeded ones among the reference's events, as (event, occurrence).
 
-    Keys hold commit positions ("c3"), not shas: the crash run has its own commits."""
-    occurrences: Counter = Counter()
+    The forced ones: right after the first START, after the first bisect FINISHED (before the
+    next decision), mid-confirmation (after the confirm run's START)."""
+    seen: Counter = Counter()
     numbered = []
     for ev in ref:
-        occurrences[ev] += 1
-        numbered.append((ev, occurrences[ev]))
-    forced = []
-    for want in (
-        lambda e: e[0] == "START",
-        lambda e: e[0] == "FINISHED" and e[1] == "bisect",
-        lambda e: e[0] == "START" and e[1] == "confirm",
-    ):
-        hit = next((p for p in numbered if want(p[0])), None)
-        if hit and hit not in forced:
-            forced.append(hit)
-    rest = [p for p in numbered if p not in forced and p[0][0] != "BLAME" and p != numbered[0]]
+        seen[ev] += 1
+        numbered.append((ev, seen[ev]))
+    forced = [
+        (("START", ref[[e[0] for e in ref].index("START")][1]), 1),
+        (("FINISHED", "bisect"), 1),
+        (("START", "confirm"), 1),
+    ]
+    rest = [p for p in numbered[1:] if p not in forced and p[0][0] != "BLAME"]
     chosen = forced + rng.sample(rest, min(len(rest), max(0, n - len(forced))))
     return sorted(chosen, key=numbered.index)
-
-
-def _positional(evs: list[tuple], shas: list[str], initial: str) -> list[tuple]:
-    """Replace short shas in event keys with commit positions (c0 = the initial master)."""
-    pos = {s[:12]: f"c{i + 1}" for i, s in enumerate(shas)} | {initial[:12]: "c0"}
-    return [tuple(pos.get(x, x) if isinstance(x, str) else x for x in ev) for ev in evs]
 
 
 @dataclass
@@ -252,53 +243,54 @@ class Injection:
     restart: float
 
 
-def _wait_point(sc: Scenario, initial: str, key: tuple | str, nth: int, push_pending: bool) -> str:
-    """Wait for the ``nth`` event ``key`` (or a promotion held by the hook while ``push_pending``).
+def _wait_point(sc: Scenario, targets: list, push_pending: bool) -> str | list:
+    """Wait until a target event has happened (its occurrence count reached, across restarts) or
+    a promotion is held by the origin's hook while ``push_pending``.
 
-    Returns "event", "push" or "done" (the gate finished first)."""
+    Returns the targets reached, "push", or "done" (the gate finished first)."""
     checked = [time.monotonic()]
     mark = sc.proj.origin / PUSH_MARK
 
-    def reached() -> str | None:
+    def reached() -> str | list | None:
         if push_pending and mark.exists() and mark.read_text().split():
             return "push"
-        if key != "PUSH" and _positional(events(sc.log()), sc.shas, initial).count(key) >= nth:
-            return "event"
+        seen = Counter(events(sc.log()))
+        hit = [t for t in targets if seen[t[0]] >= t[1]]
+        if hit:
+            return hit
         if time.monotonic() - checked[0] >= 0.5:  # the expensive check, twice a second
             checked[0] = time.monotonic()
             if sc.done():
                 return "done"
         return None
 
-    return wait_for(reached, 90, f"kill point {key} #{nth}", interval=0.03)
+    return wait_for(reached, 90, f"kill points {targets}", interval=0.03)
+
+
+def _name(target: tuple[tuple, int]) -> str:
+    (ev, nth) = target
+    return f"after {ev[0]}{f' ({ev[1]})' if len(ev) > 1 else ''} #{nth}"
 
 
 def crash_run(root: Path, points: list[tuple[tuple, int]], database: str | None = None) -> dict:
     """Replay the scenario, SIGKILL the master at each point (and once mid-push); check it all."""
     sc = start_scenario(root, database=database, slow_push=True)
-    initial = git("rev-list", "--max-parents=0", "master", cwd=sc.proj.origin)
     m = sc.dep.master
     done: list[Injection] = []
     targets: list = list(points)
-    skipped: list = []
     push_pending = True
     try:
         while targets or push_pending:
-            seen = _positional(events(sc.log()), sc.shas, initial)
-            if targets and seen.count(targets[0][0]) >= targets[0][1]:
-                skipped.append(targets.pop(0))  # passed already: the crash run's order differs
-                continue
-            key, nth = targets[0] if targets else ("PUSH", 1)
             t0 = time.monotonic()
-            got = _wait_point(sc, initial, key, nth, push_pending)
+            got = _wait_point(sc, targets, push_pending)
             if got == "done":
                 break
             if got == "push":
                 push_pending = False
                 point = "mid-push of a promotion (the origin's pre-receive hook running)"
             else:
-                targets.pop(0)
-                point = f"{' '.join(map(str, key))} #{nth}"
+                targets = [t for t in targets if t not in got]
+                point = " and ".join(_name(t) for t in got)
             waited = time.monotonic() - t0
             m.kill()
             t1 = time.monotonic()
@@ -309,7 +301,7 @@ def crash_run(root: Path, points: list[tuple[tuple, int]], database: str | None 
             wait_for(sc.done, 150, "the gate to finish after the kills")
         except AssertionError as e:
             raise AssertionError(f"{e}\n{m.log_tail(120)}") from None
-        return {**_check(sc, done), "skipped": skipped}
+        return {**_check(sc, done), "not_reached": targets}
     finally:
         sc.dep.stop()
 
@@ -360,6 +352,7 @@ def _check(sc: Scenario, done: list[Injection]) -> dict:
         "culprit_failed": all(b["results"] == FAILURE for b in on_culprit) and len(on_culprit) >= 1,
         "resumed": text.count("gate: resumed:"),
         "log_tail": sc.dep.master.log_tail(150),
+        "log": text,
     }
 
 
@@ -370,7 +363,8 @@ def _assert_survived(res: dict, ref: dict) -> None:
     assert res["forward"], res["reflog"]
     assert len(res["updates"]) == len(set(res["updates"])), f"a sha pushed twice: {res['updates']}"
     assert res["untested_promotions"] == [], res["untested_promotions"]
-    assert res["reflog"][1:] == res["updates"], (res["reflog"], res["updates"])
+    assert res["reflog"] == res["updates"], (res["reflog"], res["updates"])
+    assert "ALERT" not in res["log"], res["log_tail"]  # no false promotion-rejected etc.
     assert res["culprit_index"] == ref["culprit_index"] == CULPRIT_INDEX
     assert res["failed_tests"] == ref["failed_tests"] == [FAILING_TEST]
     assert res["master_index"] == ref["master_index"] == CULPRIT_INDEX - 1
@@ -392,22 +386,16 @@ def _data_lost(res: dict) -> int:
 def test_master_sigkill_at_seeded_gate_events(tmp_path, reliability):
     t0 = time.monotonic()
     ref_events, ref = reference_run(tmp_path / "ref")
-    # reference keys use commit positions too (the reference has its own shas)
-    ref_repo = tmp_path / "ref" / "repo" / "origin.git"
-    order = git("rev-list", "--reverse", "--first-parent", "staging", cwd=ref_repo).split()
-    pos = {s[:12]: f"c{i}" for i, s in enumerate(order)}
-    ref_keys = [tuple(pos.get(x, x) for x in ev) for ev in ref_events]
-    assert ("BLAME", f"c{CULPRIT_INDEX + 1}") in ref_keys, ref_keys
-    rng = random.Random(SEED)
-    points = kill_points(ref_keys, SQLITE_KILLS, rng)
-    assert any(p[0][0] == "START" and p[0][1] == "confirm" for p in points), points
+    assert ("BLAME",) in ref_events and ("START", "bisect") in ref_events, ref_events
+    points = kill_points(ref_events, SQLITE_KILLS, random.Random(SEED))
+    assert len(points) == SQLITE_KILLS, (points, ref_events)
 
     res = crash_run(tmp_path / "crash", points)
     kills = len(res["injections"])
     survived_ok = True
     try:
         _assert_survived(res, ref)
-        assert kills >= 10, [i.point for i in res["injections"]]
+        assert kills >= 10, ([i.point for i in res["injections"]], res["not_reached"])
         assert any(i.point.startswith("mid-push") for i in res["injections"]), res["injections"]
     except AssertionError:
         survived_ok = False
@@ -433,7 +421,7 @@ def test_master_sigkill_at_seeded_gate_events(tmp_path, reliability):
     pg = Postgres()
     url = pg.start()
     try:
-        pg_points = kill_points(ref_keys, PG_KILLS, random.Random(SEED))[:PG_KILLS]
+        pg_points = kill_points(ref_events, PG_KILLS, random.Random(SEED))[:PG_KILLS]
         res_pg = crash_run(tmp_path / "crash-pg", pg_points, database=url)
     finally:
         pg.stop()
