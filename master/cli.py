@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from master.inventory import load_inventory
-from master.settings import ENV_VAR, REPO_ROOT, load_settings, settings_path
+from master.inventory import Inventory, load_inventory
+from master.settings import ENV_VAR, REPO_ROOT, Settings, load_settings, settings_path
 from master.yamlconf import ConfigError
 
 MASTER_CFG = REPO_ROOT / "master.cfg"
@@ -100,15 +100,23 @@ def cmd_check_inventory(ns: argparse.Namespace) -> int:
 @command("check-settings", "validate a settings file and the inventory it names")
 @arg("--settings", help=f"settings YAML (default: ${ENV_VAR} or the demo settings)")
 def cmd_check_settings(ns: argparse.Namespace) -> int:
+    loaded = load_settings_and_inventory(ns.settings)
+    if loaded is None:
+        return 1
+    s, inv = loaded
+    print(f"{s.path}: valid; {inv.summary()}")
+    return 0
+
+
+def load_settings_and_inventory(path: str | None) -> tuple[Settings, Inventory] | None:
+    """Settings and the inventory they name; every problem printed to stderr, None if invalid."""
     try:
-        s = load_settings(ns.settings)
-        inv = load_inventory(s.inventory_path)
+        s = load_settings(path)
+        return s, load_inventory(s.inventory_path)
     except ConfigError as e:
         for p in e.problems:
             print(str(p), file=sys.stderr)
-        return 1
-    print(f"{s.path}: valid; {inv.summary()}")
-    return 0
+        return None
 
 
 @command("checkconfig", "run Buildbot's checkconfig on the master configuration for a settings file")

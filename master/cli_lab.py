@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from twisted.internet import defer, task, threads
 
-from master.cli import arg, command
+from master.cli import arg, command, load_settings_and_inventory
 from master.inventory import Host, Inventory, load_inventory
 from master.settings import ENV_VAR, load_settings
 from master.yamlconf import ConfigError
@@ -124,13 +124,10 @@ def _tcp_open(host: str, port: int, timeout: float = 3) -> str | None:
 @command("check", "preflight of a real lab: BMCs, Cobbler and its profiles, NFS exports")
 @arg("--settings", help=f"settings YAML (default: ${ENV_VAR} or the demo settings)")
 def cmd_check(ns: argparse.Namespace) -> int:
-    try:
-        s = load_settings(ns.settings)
-        inv = load_inventory(s.inventory_path)
-    except ConfigError as e:
-        for p in e.problems:
-            print(str(p), file=sys.stderr)
+    loaded = load_settings_and_inventory(ns.settings)
+    if loaded is None:
         return 1
+    s, inv = loaded
     problems: list[str] = []
 
     async def run() -> int:

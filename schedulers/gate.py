@@ -248,8 +248,10 @@ class GateScheduler(ReconfigurableBaseScheduler):
             if bs is not None and not bs.complete:
                 # the master may have died after the last build request finished but before
                 # Buildbot completed the buildset: Buildbot never re-checks, so complete it now
-                await self.master.data.updates.maybeBuildsetComplete(m["bsid"])
-                bs = await self.master.db.buildsets.getBuildset(m["bsid"])
+                brs = await self.master.db.buildrequests.getBuildRequests(bsid=m["bsid"])
+                if brs and all(br.complete for br in brs):
+                    await self.master.data.updates.maybeBuildsetComplete(m["bsid"])
+                    bs = await self.master.db.buildsets.getBuildset(m["bsid"])
             if bs is None:
                 log.msg(
                     f"gate: run {run_id} of {_short(run['commit'])} has no buildset (the master stopped"

@@ -264,9 +264,23 @@ def _session_class() -> type:
                 self.timeout = ipmisession.initialtimeout + 0.5 * random.random()
             super().send_payload(payload, payload_type, retry, **kwargs)
 
-        def _req_priv_level(self):
-            _auth_algorithms[(self.bmc, self.port)] = self.attemptedhash  # RAKP4 was accepted
-            super()._req_priv_level()
+        def _got_rmcp_response(self, data):
+            r = super()._got_rmcp_response(data)
+            if self.attemptedhash == 1:  # SHA-256 turned down: SHA-1 from now on
+                _auth_algorithms[(self.bmc, self.port)] = 1
+            return r
+
+        def _relog(self):
+            # A lost RAKP datagram restarts the login; the channel's authentication
+            # capabilities were already read and do not change: go straight to a new
+            # open-session request (new session id and tag) instead of asking again.
+            if self.ipmiversion != 2.0:
+                return super()._relog()
+            self.logging = True
+            self._initsession()
+            self.logontries -= 1
+            self.ipmiversion = 2.0
+            return self._open_rmcpplus_request()
 
         def _xmit_packet(self, retry=True, delay_xmit=None, timeout=None):
             if not self.stopped:

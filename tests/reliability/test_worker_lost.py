@@ -121,8 +121,14 @@ def test_worker_lost_mid_provisioning(tmp_path, cobbler_server, reliability):
             injected=1,
             survived=int(survived),
             data_lost=len(blamed),
-            detail="build ended RETRY (worker lost), run inconclusive, no commit blamed; every host"
-            " powered off before the pool was provisioned again; commit promoted after the worker returned",
+            detail=(
+                "build ended RETRY (worker lost), request re-queued, no commit blamed; every host"
+                " powered off before the pool was provisioned again; the commit promoted later"
+                if survived
+                else "FAILED: after the worker was killed, ProvisionPool (it runs in the master) went on"
+                " powering hosts, no TeardownPool ran, and the re-queued build reset hosts that were"
+                " never powered off (steps/provision.py)"
+            ),
             test="test_worker_lost.py::test_worker_lost_mid_provisioning",
             seconds=time.monotonic() - t0,
         )
