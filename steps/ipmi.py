@@ -105,7 +105,8 @@ class _Attempt:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.abandoned = False
-        self.session: Any = None
+        self.session: Any = None  # the session this try uses, once it has one
+        self.reuse: Any = None  # a logged-in session of an earlier call to hand this try
 
     def bind(self, session: Any) -> bool:
         with self._lock:
@@ -280,6 +281,7 @@ def _session_class() -> type:
             self._initsession()
             self.logontries -= 1
             self.ipmiversion = 2.0
+            self.ipmicallback = self._got_channel_auth_cap  # reports a login timeout, as before
             return self._open_rmcpplus_request()
 
         def _xmit_packet(self, retry=True, delay_xmit=None, timeout=None):
@@ -338,25 +340,35 @@ def _retire(session: Any, *, logout: bool) -> None:
 
 
 def _blocking_call(target: BmcTarget, fn: Callable[[Any], T], attempt: _Attempt) -> T:
-    """Log in to the BMC with a fresh session and run ``fn(command)``; runs on a pool thread."""
+    """Run ``fn(command)`` on the attempt's reused session or a fresh login; on a pool thread.
+
+    On success the session stays logged in for the caller to park or retire; on failure it
+    is retired here, so a retry never meets it again.
+    """
     from pyghmi.exceptions import IpmiException
 
     install_pyghmi_io_fix()
     ok = False
     try:
-        session = _session_class()(target.address, target.username, target.password, target.port, attempt)
+        if attempt.reuse is not None:
+            if not attempt.bind(attempt.reuse):
+                raise _Unanswered("abandoned")
+            session = attempt.reuse
+        else:
+            session = _session_class()(target.address, target.username, target.password, target.port, attempt)
         if attempt.abandoned:
             raise _Unanswered("abandoned")
         result = fn(_command(session))
-        ok = True
+        ok = not attempt.abandoned and session.logged and not session.broken
         return result
     except IpmiException as e:
         raise _classify(e) from None
     except OSError as e:
         raise _Unanswered(f"network error: {e.strerror or e}") from None
     finally:
-        if attempt.session is not None:
-            _retire(attempt.session, logout=ok)
+        if attempt.session is not None and not ok:
+            _retire(attempt.session, logout=False)
+            attempt.session = None
 
 
 class IpmiClient:
@@ -370,6 +382,7 @@ class IpmiClient:
         concurrency: int = 16,
         backoff: float = 0.5,
         max_backoff: float = 5.0,
+        reuse: float = 20.0,
         reactor=None,
     ):
         if reactor is None:
@@ -381,6 +394,9 @@ class IpmiClient:
         self.tries = retries + 1
         self.backoff = backoff
         self.max_backoff = max(backoff, max_backoff)
+        self.reuse = reuse
+        # logged-in sessions of recent successful calls: target -> (session, idle since)
+        self._idle: dict[BmcTarget, tuple[Any, float]] = {}
         self._sem = defer.DeferredSemaphore(concurrency)
         # timed-out tries keep their thread until pyghmi gives up: leave room for them
         self._pool = ThreadPool(minthreads=0, maxthreads=concurrency * 2, name="qacloud-ipmi")
@@ -393,9 +409,47 @@ class IpmiClient:
             self.reactor.addSystemEventTrigger("during", "shutdown", self.stop)
 
     def stop(self) -> None:
+        for session, _ in self._idle.values():
+            _retire(session, logout=True)  # sends Close Session, does not wait
+        self._idle.clear()
         if self._started:
             self._started = False
             self._pool.stop()
+
+    def _take_idle(self, target: BmcTarget) -> Any:
+        """A logged-in session from a recent call to this BMC, if fresh enough to reuse."""
+        parked = self._idle.pop(target, None)
+        if parked is None:
+            return None
+        session, since = parked
+        if self.reactor.seconds() - since <= self.reuse and session.logged and not session.broken:
+            return session
+        self._retire_soon(session)
+        return None
+
+    def _park(self, target: BmcTarget, session: Any) -> None:
+        """Keep a successful call's session for the next call to this BMC, for ``reuse`` s."""
+        if self.reuse <= 0:
+            self._retire_soon(session)
+            return
+        old = self._idle.pop(target, None)
+        if old is not None and old[0] is not session:
+            self._retire_soon(old[0])
+        self._idle[target] = (session, self.reactor.seconds())
+
+        def expire() -> None:
+            parked = self._idle.get(target)
+            if parked is not None and parked[0] is session:
+                del self._idle[target]
+                self._retire_soon(session)
+
+        self.reactor.callLater(self.reuse, expire)
+
+    def _retire_soon(self, session: Any) -> None:
+        if self._started:
+            self._pool.callInThread(_retire, session, logout=True)
+        else:
+            _retire(session, logout=True)
 
     async def _call(self, target: BmcTarget, what: str, fn: Callable[[Any], T]) -> T:
         self._ensure_pool()
@@ -404,10 +458,14 @@ class IpmiClient:
             last = "no answer"
             for n in range(1, self.tries + 1):
                 attempt = _Attempt()
+                attempt.reuse = self._take_idle(target)
                 d = deferToThreadPool(self.reactor, self._pool, _blocking_call, target, fn, attempt)
                 d.addTimeout(self.timeout, self.reactor)
                 try:
-                    return await d
+                    result = await d
+                    if attempt.session is not None:
+                        self._park(target, attempt.session)
+                    return result
                 except defer.TimeoutError:
                     attempt.abandon()  # its thread stops soon; the next try has its own session
                     last = "no answer"
