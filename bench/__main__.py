@@ -104,10 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in h:
             md.append(f"| {h['path']} | — | — | — | — | {h['error']} |")
         else:
+            target = "—" if h.get("target") is None else f"≤ {h['target']}"
             md.append(
                 f"| {h['path']} | {h['measured_s'] * 1000:.2f} ms | {h['baseline_s'] * 1000:.2f} ms "
-                f"| {h['ratio']:.2f} | ≤ {h['target']} | {h.get('via', '')} |"
+                f"| {h['ratio']:.2f} | {target} | {h.get('via', '')} |"
             )
+    md += hotpaths.details_markdown(hot)
     md += ["", f"Total benchmark time: {elapsed:.0f} s.", ""]
     md += [
         "![latency](latency_vs_rate.png)",

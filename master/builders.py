@@ -41,13 +41,21 @@ def bvt_factory(settings: Settings, inventory: Inventory) -> util.BuildFactory:
 
     f = util.BuildFactory()
     f.addStep(checkout_step(settings))
-    f.addSteps(provision_steps(settings, inventory))  # empty unless provisioning is active
+    provision = provision_steps(settings, inventory)  # empty unless provisioning is active
+    teardown = teardown_steps(settings, inventory)  # alwaysRun: powers the pool off
+    if provision and settings.provisioning.reuse_pool:  # steps/reuse.py
+        from steps.reuse import DecidePoolReuse, unless_passed, unless_reused
+
+        f.addStep(DecidePoolReuse())  # sets reuse_pool when the pool's previous run passed
+        provision = [unless_reused(s) for s in provision]
+        teardown = [unless_passed(s) for s in teardown]  # a passing pool stays up for reuse
+    f.addSteps(provision)
     if settings.bvt.mode == "cloudstack":
         from steps.cloudstack import cloudstack_steps
 
         f.addSteps(cloudstack_steps(settings, inventory))
     f.addStep(bvt_test_step(settings))  # steps/marvin.py: RunMarvin, or the demo's tests
-    f.addSteps(teardown_steps(settings, inventory))  # alwaysRun: powers the pool off
+    f.addSteps(teardown)
     return f
 
 

@@ -43,6 +43,12 @@ def _fraction(value: float) -> str | None:
     return None if 0 < value < 1 else f"must be between 0 and 1 (exclusive), got {value}"
 
 
+def _patch_limit(value: int) -> str | None:
+    if 1024 <= value <= 640 * 1024:
+        return None
+    return f"must be 1024-655360 bytes (Twisted PB refuses larger strings), got {value}"
+
+
 def _one_of(*choices: str):
     def checker(value: str) -> str | None:
         return None if value in choices else f"must be one of {', '.join(choices)}, got {value!r}"
@@ -175,6 +181,8 @@ class Try(Located):
     port: int = check(_port, default=8031)
     bind: str = "127.0.0.1"
     users: list[str] = field(default_factory=list)  # user names allowed to try (from 'users')
+    # patches above this are rejected before any build (PB itself cannot carry > 640 KiB)
+    max_patch_bytes: int = check(_patch_limit, default=512 * 1024)
 
 
 @dataclass(kw_only=True)

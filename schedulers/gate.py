@@ -91,6 +91,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
         self._timer: task.LoopingCall | None = None
         self._poll_queued = False
         self._unreachable = False  # the last fetch failed (alerted once)
+        # the current promotion-rejection episode: [commit, alert message] (alerted once), or None
+        self._rejected: list[str] | None = None
         self._queued: list[Event] = []  # events produced while acting (Promoted)
 
     def checkConfig(  # type: ignore[override]
@@ -198,6 +200,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         self.policy.config = config_from_settings(self.gate, self.policy.observed_flake_rate())
         self._runs = dict(await self.getState("runs", {}))
         self._urls = dict(await self.getState("urls", {}))
+        self._rejected = await self.getState("promotion_rejected", None)
         self.health = pool_health.PoolHealth(self.quarantine_after, await self.getState("health", None))
         pool_health.register(self.health)
         if state:
@@ -461,6 +464,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         await self.setState("runs", self._runs)
         await self.setState("urls", self._urls)
         await self.setState("health", self.health.to_state())
+        await self.setState("promotion_rejected", self._rejected)
 
     async def _act(self, a: Action) -> None:
         if isinstance(a, StartRun):
@@ -468,7 +472,16 @@ class GateScheduler(ReconfigurableBaseScheduler):
         elif isinstance(a, CancelRun):
             await self._cancel_run(a)
         elif isinstance(a, Promote):
-            self._queued.append(await self._promote(a.commit))
+            promoted = await self._promote(a.commit)
+            if promoted.ok and self._rejected is not None:
+                log.msg(
+                    f"gate: promotion recovered: {_short(a.commit)} pushed to {self.master_branch}"
+                    f" (the rejection of {_short(self._rejected[0])} is over)"
+                )
+                self._rejected = None
+            self._queued.append(promoted)
+        elif isinstance(a, Alert) and a.kind == "promotion-rejected":
+            self._promotion_rejected(a)
         elif isinstance(a, Blame):
             urls = [self._urls[r] for r in a.run_ids if r in self._urls]
             log.msg(
@@ -549,6 +562,16 @@ class GateScheduler(ReconfigurableBaseScheduler):
         else:
             log.msg(f"gate: PROMOTE {sha} failed: {result.reason}")
         return Promoted(sha, result.ok, result.reason, self._now())
+
+    def _promotion_rejected(self, a: Alert) -> None:
+        """Alert once per rejection episode (same commit, same reason); later retries only log."""
+        episode = [a.commit, a.message]
+        if self._rejected == episode:
+            log.msg(f"gate: PROMOTE {_short(a.commit)} still rejected (alerted already): retrying quietly")
+            return
+        self._rejected = episode
+        log.msg(f"gate: ALERT {a.kind}: {a.message}")
+        self._notify("alert", a.kind, a.message)
 
     async def _revert(self, culprit: str) -> None:
         reactor = self.master.reactor

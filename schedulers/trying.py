@@ -4,21 +4,98 @@ Passwords are never in the configuration: each try user's password is a ``util.S
 that Buildbot's PB dispatcher renders from the secrets provider at login. The submitter is the
 authenticated user (the client's ``--who`` cannot impersonate someone else); it is recorded as
 the build's ``owner`` so the submitter is mailed and may stop or rebuild the run.
+
+Bad patches are rejected before any build (:func:`patch_problem`): above ``try.max_patch_bytes``,
+binary data instead of a text diff, or a diff of a binary file without its content. The client
+sees the reason as the builder's result (``try-bvt: failure (rejected: ...)`` with ``--wait``);
+a patch that is text but does not apply fails at the build's checkout step, before provisioning.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from buildbot.plugins import util
+from buildbot.process.results import FAILURE
 from buildbot.schedulers.trysched import Try_Userpass, Try_Userpass_Perspective
 from twisted.internet import defer
+from twisted.python import log
+from twisted.spread import pb
 
 from master.settings import Settings
 
 TRY_SCHEDULER = "try"
 # properties only the gate may set: a try job must never look like a gate run
 RESERVED_PROPERTIES = frozenset({"gate_run_id", "gate_kind", "owner", "owners", "try_user"})
+_BINARY_HUNK = re.compile(rb"^Binary files (.+) and (.+) differ$", re.MULTILINE)
+
+
+def patch_problem(body: bytes | None, max_bytes: int) -> str | None:
+    """Why a try patch is rejected before any build, or None when it may run."""
+    if not body:
+        return None
+    if len(body) > max_bytes:
+        return (
+            f"the patch is {len(body)} bytes, above the try limit of {max_bytes} bytes "
+            "(try.max_patch_bytes): split it or ask QA for a gate run"
+        )
+    nul = body.find(b"\0")
+    if nul >= 0:
+        return f"the patch is binary data, not a text diff (NUL byte at offset {nul})"
+    m = _BINARY_HUNK.search(body)
+    if m:
+        name = m.group(2).decode(errors="replace")
+        return f"the patch changes binary file {name} without its content: make it with `git diff --binary`"
+    if not re.search(rb"^(\+\+\+ |diff --git |GIT binary patch)", body, re.MULTILINE):
+        return "the patch is not a unified diff (no '+++' or 'diff --git' line)"
+    return None
+
+
+class _RejectedBuild(pb.Referenceable):
+    """What ``buildbot try --wait`` follows for a rejected job: finished, FAILURE, the reason."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def remote_subscribe(self, subscriber, interval=None):
+        return None
+
+    def remote_unsubscribe(self, subscriber):
+        return None
+
+    def remote_waitUntilFinished(self):
+        return self
+
+    def remote_getResults(self):
+        return FAILURE
+
+    def remote_getText(self):
+        return ["rejected:", self.reason]
+
+
+class _RejectedRequest(pb.Referenceable):
+    def __init__(self, builder: str, reason: str):
+        self.builder, self.reason = builder, reason
+
+    def remote_subscribe(self, subscriber):
+        return subscriber.callRemote("newbuild", _RejectedBuild(self.reason), self.builder)
+
+    def remote_unsubscribe(self, subscriber):
+        return None
+
+
+class RejectedTry(pb.Referenceable):
+    """Stands in for Buildbot's RemoteBuildSetStatus when a job is refused: no buildset exists.
+
+    Raising instead would leave the 4.3 client hanging without a message.
+    """
+
+    def __init__(self, builder_names: list[str], reason: str):
+        self.builder_names, self.reason = list(builder_names), reason
+
+    def remote_getBuildRequests(self):
+        return [(n, _RejectedRequest(n, self.reason)) for n in self.builder_names]
 
 
 class AuthenticatedTryPerspective(Try_Userpass_Perspective):
@@ -36,6 +113,14 @@ class AuthenticatedTryPerspective(Try_Userpass_Perspective):
         comment="",
         properties=None,
     ):
+        body = patch[1] if patch else None
+        problem = patch_problem(
+            body.encode() if isinstance(body, str) else body, self.scheduler.max_patch_bytes
+        )
+        if problem:
+            names = self.scheduler.filterBuilderList(builderNames) or []
+            log.msg(f"try: rejected a patch from user {self.username!r}: {problem}")
+            return RejectedTry([str(n) for n in names], problem)
         props = {k: v for k, v in (properties or {}).items() if k not in RESERVED_PROPERTIES}
         props["owner"] = self.username
         props["try_user"] = self.username
@@ -61,18 +146,35 @@ class SafeTryUserpass(Try_Userpass):
 
     compare_attrs = (*Try_Userpass.compare_attrs, "_config_kwargs")
 
+    max_patch_bytes = 512 * 1024
+
     def checkConfig(
-        self, builderNames, port, userpass, repository: str = "", branch: str = "", **kwargs: Any
+        self,
+        builderNames,
+        port,
+        userpass,
+        repository: str = "",
+        branch: str = "",
+        max_patch_bytes: int = 512 * 1024,
+        **kwargs: Any,
     ):
         super().checkConfig(builderNames, port, userpass, **kwargs)
 
     @defer.inlineCallbacks
     def reconfigService(
-        self, builderNames, port, userpass, repository: str = "", branch: str = "", **kwargs: Any
+        self,
+        builderNames,
+        port,
+        userpass,
+        repository: str = "",
+        branch: str = "",
+        max_patch_bytes: int = 512 * 1024,
+        **kwargs: Any,
     ):
         # jobs from `buildbot try --diff` carry no repository: they are for ours
         self.default_repository = repository
         self.default_branch = branch
+        self.max_patch_bytes = max_patch_bytes
         if self.active:
             yield self._destroy_pb()
         yield super().reconfigService(builderNames, port, userpass, **kwargs)
@@ -105,5 +207,6 @@ def try_schedulers(settings: Settings, builder_names: list[str]) -> list:
             userpass=userpass,
             repository=settings.repo_url,
             branch=settings.repository.staging,
+            max_patch_bytes=settings.try_.max_patch_bytes,
         )
     ]

@@ -363,10 +363,6 @@ class BuildCloudStack(_ShellStep):
         return SUCCESS
 
 
-def _reuse(step) -> bool:
-    return bool(step.getProperty("reuse_pool"))
-
-
 class PrepareStorage(_ShellStep):
     """Wipe primary storage and seed secondary with the systemvm template per hypervisor."""
 
@@ -510,18 +506,19 @@ def health_script() -> str:
 def cloudstack_steps(settings: Settings, inventory: Inventory) -> list:
     """build -> puppet -> storage -> zone, in order, for ``bvt_factory`` in cloudstack mode.
 
-    With ``provisioning.reuse_pool`` and a build property ``reuse_pool`` (set when the last
-    run on the pool passed), storage is kept and only management server and agents are
-    re-deployed by puppet.
+    With ``provisioning.reuse_pool`` and the build property ``reuse_pool`` (set by
+    steps/reuse.py when the previous run on the pool passed), storage and the deployed zone
+    are kept and only the management server and agents are re-deployed by puppet.
     """
     from steps.puppet import puppet_steps
+    from steps.reuse import not_reused
 
-    skip_storage = (lambda step: not _reuse(step)) if settings.provisioning.reuse_pool else True
+    if_fresh = not_reused if settings.provisioning.reuse_pool else True
     return [
         PoolFacts(inventory, haltOnFailure=True),
         BuildCloudStack(settings, haltOnFailure=True, timeout=3600),
         *puppet_steps(settings, inventory),
-        PrepareStorage(settings, inventory, haltOnFailure=True, doStepIf=skip_storage),
+        PrepareStorage(settings, inventory, haltOnFailure=True, doStepIf=if_fresh),
         steps.StringDownload(
             MarvinConfigJson(inventory, settings),
             workerdest=MARVIN_CONFIG,
@@ -530,7 +527,7 @@ def cloudstack_steps(settings: Settings, inventory: Inventory) -> list:
             haltOnFailure=True,
         ),
         InstallMarvin(settings, haltOnFailure=True),
-        DeployZone(haltOnFailure=True, timeout=3600),
+        DeployZone(haltOnFailure=True, timeout=3600, doStepIf=if_fresh),
         steps.StringDownload(
             health_script(), workerdest="qacloud-health.py", name="health-script", haltOnFailure=True
         ),

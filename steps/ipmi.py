@@ -397,6 +397,7 @@ class IpmiClient:
         self.reuse = reuse
         # logged-in sessions of recent successful calls: target -> (session, idle since)
         self._idle: dict[BmcTarget, tuple[Any, float]] = {}
+        self._expiries: dict[BmcTarget, Any] = {}  # target -> DelayedCall retiring its session
         self._sem = defer.DeferredSemaphore(concurrency)
         # timed-out tries keep their thread until pyghmi gives up: leave room for them
         self._pool = ThreadPool(minthreads=0, maxthreads=concurrency * 2, name="qacloud-ipmi")
@@ -409,6 +410,10 @@ class IpmiClient:
             self.reactor.addSystemEventTrigger("during", "shutdown", self.stop)
 
     def stop(self) -> None:
+        for call in self._expiries.values():
+            if call.active():
+                call.cancel()
+        self._expiries.clear()
         for session, _ in self._idle.values():
             _retire(session, logout=True)  # sends Close Session, does not wait
         self._idle.clear()
@@ -438,12 +443,16 @@ class IpmiClient:
         self._idle[target] = (session, self.reactor.seconds())
 
         def expire() -> None:
+            self._expiries.pop(target, None)
             parked = self._idle.get(target)
             if parked is not None and parked[0] is session:
                 del self._idle[target]
                 self._retire_soon(session)
 
-        self.reactor.callLater(self.reuse, expire)
+        previous = self._expiries.pop(target, None)
+        if previous is not None and previous.active():
+            previous.cancel()
+        self._expiries[target] = self.reactor.callLater(self.reuse, expire)
 
     def _retire_soon(self, session: Any) -> None:
         if self._started:

@@ -325,23 +325,29 @@ class _Infra(Exception):
     """The run could not start for a reason outside the commit."""
 
 
-async def recorded_durations(master, builder_name: str, sets: int = 20) -> dict[str, float]:
-    """Seconds per test file from this builder's recent BVT test results (newest wins).
+async def recorded_durations(master, builder_name: str, builds: int = 20) -> dict[str, float]:
+    """Seconds per test file from this builder's recent BVT test results (newest build wins).
 
     The source for :func:`steps.testresults.shard`: durations are the per-test
-    ``duration_ns`` Buildbot already stores, summed per ``test_code_path``.
+    ``duration_ns`` Buildbot already stores, summed per ``test_code_path`` over one build's
+    complete ``BVT`` and ``BVT: skipped`` sets (re-runs and set-up errors are not counted),
+    from the last ``builds`` builds that recorded any.
     """
     builderid = await master.data.updates.findBuilderId(builder_name)
     rows = await master.data.get(("builders", builderid, "test_result_sets"))
+    wanted = (RESULT_SET, f"{RESULT_SET}: skipped")
+    by_build: dict[int, list[int]] = {}
+    for r in rows:
+        if r["description"] in wanted and r["complete"]:
+            by_build.setdefault(r["buildid"], []).append(r["test_result_setid"])
     durations: dict[str, float] = {}
-    mine = [r for r in rows if r["description"] in (RESULT_SET, f"{RESULT_SET}: skipped") and r["complete"]]
-    for r in sorted(mine, key=lambda r: r["test_result_setid"])[-sets:]:
+    for buildid in sorted(by_build)[-builds:]:
         per_file: dict[str, float] = {}
-        for t in await master.data.get(("test_result_sets", r["test_result_setid"], "results")):
-            if t.get("test_code_path"):
-                per_file[t["test_code_path"]] = (
-                    per_file.get(t["test_code_path"], 0.0) + (t.get("duration_ns") or 0) / 1e9
-                )
+        for setid in by_build[buildid]:
+            for t in await master.data.get(("test_result_sets", setid, "results")):
+                path = t.get("test_code_path")
+                if path:
+                    per_file[path] = per_file.get(path, 0.0) + (t.get("duration_ns") or 0) / 1e9
         durations.update(per_file)
     return durations
 

@@ -13,11 +13,21 @@ ProvisionPool, for the build's pool (property ``pool``):
 3. wait, per host and within ``provisioning.install_timeout``, until Cobbler's netboot flag is
    cleared (the installer's ``nopxe`` call-back) and the host answers on its SSH port.
 
+Before step 1, the hosts' power states are read: if any host is on (a pool left running by a
+build whose master or worker died), every host of the pool is powered off first, so no run
+begins on a running pool.
+
 Any BMC, Cobbler or install-timeout failure ends the step with FAILURE and sets the build
 property ``infra_failure`` naming the host, the BMC or Cobbler and the reason (the gate then
 counts the run as inconclusive, never as the commit's fault), and removes the pool's systems
 from Cobbler so nothing is left half-registered. Every log line goes through
 ``cleanupTextFromSecrets``: Buildbot does not scrub custom-step logs.
+
+Interrupts: Buildbot calls ``interrupt()`` when the build is stopped or its worker is lost
+(then no later step runs, not even the alwaysRun TeardownPool). ProvisionPool then starts no
+new IPMI or Cobbler work, cancels its waits, lets IPMI calls already sent finish (bounded by
+the IPMI timeout), powers every host of the pool off (best effort) and ends RETRY (worker
+lost: Buildbot re-queues the request) or CANCELLED.
 """
 
 from __future__ import annotations
@@ -27,8 +37,9 @@ from collections.abc import Awaitable, Callable
 
 from buildbot.plugins import util
 from buildbot.process import buildstep
-from buildbot.process.results import EXCEPTION, FAILURE, SUCCESS, WARNINGS
-from twisted.internet import defer, endpoints, protocol, task
+from buildbot.process.results import CANCELLED, EXCEPTION, FAILURE, RETRY, SUCCESS, WARNINGS
+from twisted.internet import defer, endpoints, error, protocol, task
+from twisted.python.failure import Failure
 
 from master.inventory import Host, Inventory, Pool, load_inventory
 from master.settings import Provisioning, Settings
@@ -53,6 +64,10 @@ def ipmi_client(p: Provisioning) -> IpmiClient:
 
 class InfraFailure(Exception):
     """A lab failure (not the commit's fault); the message names host/BMC/Cobbler and the reason."""
+
+
+class _Interrupted(Exception):
+    """The step was interrupted (build stopped or worker lost): start no new lab work."""
 
 
 async def ssh_reachable(host: str, port: int, timeout: float = 2.0) -> bool:
@@ -127,6 +142,8 @@ class ProvisionPool(_PoolStep):
         self.total = 0
         self.installed = 0
         self.phase = "starting"
+        self._interrupt_reason: str | Failure | None = None
+        self._waits: set[defer.Deferred] = set()
 
     def getCurrentSummary(self):
         if self.total and self.phase == "installing":
@@ -146,9 +163,36 @@ class ProvisionPool(_PoolStep):
         self.phase = phase
         self.updateSummary()
 
+    def interrupt(self, reason):
+        """Build stopped or worker lost: stop starting lab work and cancel the waits; ``run``
+        then powers the pool off before the step ends."""
+        if self._interrupt_reason is None:
+            self._interrupt_reason = reason
+            for d in list(self._waits):
+                d.cancel()
+        return super().interrupt(reason)
+
+    def _check(self) -> None:
+        if self._interrupt_reason is not None:
+            raise _Interrupted()
+
+    async def _wait(self, aw: Awaitable):
+        """Await ``aw`` (a Cobbler call or a sleep) so that ``interrupt()`` can cancel it."""
+        self._check()
+        d = defer.ensureDeferred(aw) if not isinstance(aw, defer.Deferred) else aw
+        self._waits.add(d)
+        try:
+            return await d
+        except defer.CancelledError:
+            self._check()
+            raise
+        finally:
+            self._waits.discard(d)
+
     async def run(self):
         cobbler: CobblerClient | None = None
         pool: Pool | None = None
+        targets: list[BmcTarget] = []
         try:
             pool = self._pool()
             self.total = len(pool.hosts)
@@ -157,10 +201,16 @@ class ProvisionPool(_PoolStep):
             cobbler = CobblerClient(
                 pool.cobbler.url, pool.cobbler.username, cpw, timeout=self.provisioning.cobbler_timeout
             )
+            await self._power_off_if_running(targets)
             await self._register(cobbler, pool)
             await self._boot(pool, targets)
             await self._wait_installs(cobbler, pool)
+            self._check()
+        except _Interrupted:
+            return await self._abort(targets)
         except (InfraFailure, IpmiError, CobblerError) as e:
+            if self._interrupt_reason is not None:
+                return await self._abort(targets)
             reason = self._clean(str(e))
             self.setProperty("infra_failure", reason, "ProvisionPool")
             await self._log("provision", f"INFRASTRUCTURE FAILURE: {reason}")
@@ -171,16 +221,58 @@ class ProvisionPool(_PoolStep):
         await self._finish_logs()
         return SUCCESS
 
+    async def _abort(self, targets: list[BmcTarget]) -> int:
+        """After an interrupt: power every host of the pool off (best effort), end RETRY/CANCELLED."""
+        why = self._interrupt_reason
+        lost = isinstance(why, Failure) and why.check(error.ConnectionLost)
+        what = "the worker was lost" if lost else f"the build was stopped ({why})"
+        self._phase("interrupted: powering the pool off")
+        await self._log("provision", f"INTERRUPTED: {what}; powering the pool's hosts off")
+        ipmi = ipmi_client(self.provisioning)
+
+        async def off(t: BmcTarget) -> None:
+            try:
+                await ipmi.power_off(t)
+                await self._log("provision", f"host {t.host}: BMC {t.endpoint}: powered off")
+            except IpmiError as e:
+                await self._log("provision", f"could not power {t.host} off: {e}")
+
+        await _all([lambda t=t: off(t) for t in targets], fail_fast=False)
+        await self._finish_logs()
+        return RETRY if lost else CANCELLED
+
+    async def _power_off_if_running(self, targets: list[BmcTarget]) -> None:
+        """If any host is on (a pool left running by a dead build), power every host off first."""
+        self._phase("checking power states")
+        ipmi = ipmi_client(self.provisioning)
+        states = await _gather([lambda t=t: ipmi.power_status(t) for t in targets])
+        running = [t.host for t, st in zip(targets, states, strict=True) if st == "on"]
+        if not running:
+            return
+        self._check()
+        self._phase("powering off a running pool")
+        await self._log(
+            "provision",
+            f"hosts already powered on: {', '.join(running)} (left running by an earlier build?);"
+            " powering every host of the pool off first",
+        )
+
+        async def off(t: BmcTarget) -> None:
+            await ipmi.power_off(t)
+            await self._log(t.host, f"BMC {t.endpoint}: powered off")
+
+        await _all([lambda t=t: off(t) for t in targets])
+
     async def _register(self, cobbler: CobblerClient, pool: Pool) -> None:
         self._phase("registering Cobbler systems")
         await self._log("provision", f"Cobbler {pool.cobbler.url}: login as {pool.cobbler.username}")
-        await cobbler.login()
-        names = await cobbler.register_pool(pool)
+        await self._wait(cobbler.login())
+        names = await self._wait(cobbler.register_pool(pool))
         await self._log("provision", f"registered systems: {', '.join(names)}")
-        stale = await cobbler.remove_stale(pool, names)
+        stale = await self._wait(cobbler.remove_stale(pool, names))
         if stale:
             await self._log("provision", f"removed stale systems: {', '.join(stale)}")
-        await cobbler.sync()
+        await self._wait(cobbler.sync())
         await self._log("provision", "Cobbler sync done (PXE configs written)")
 
     async def _unregister(self, cobbler: CobblerClient, pool: Pool) -> None:
@@ -197,8 +289,10 @@ class ProvisionPool(_PoolStep):
         ipmi = ipmi_client(self.provisioning)
 
         async def one(t: BmcTarget) -> None:
+            self._check()
             await self._log(t.host, f"BMC {t.endpoint}: next boot from PXE")
             await ipmi.set_bootdev(t, "pxe")
+            self._check()
             await self._log(t.host, f"BMC {t.endpoint}: power cycle")
             await ipmi.power_cycle(t)
             await self._log(t.host, "powered on; installing")
@@ -216,15 +310,15 @@ class ProvisionPool(_PoolStep):
             called_back = False
             while time.monotonic() < deadline:
                 if not called_back:
-                    called_back = not await cobbler.get_netboot(h.name)
+                    called_back = not await self._wait(cobbler.get_netboot(h.name))
                     if called_back:
                         await self._log(h.name, "installer called back (Cobbler netboot flag cleared)")
-                if called_back and await ssh_reachable(h.ip, h.ssh_port):
+                if called_back and await self._wait(ssh_reachable(h.ip, h.ssh_port)):
                     self.installed += 1
                     self.updateSummary()
                     await self._log(h.name, f"installed: SSH {h.ip}:{h.ssh_port} answers")
                     return
-                await task.deferLater(reactor, interval)
+                await self._wait(task.deferLater(reactor, interval))
             if not called_back:
                 why = "the installer never called back (Cobbler netboot flag still set)"
             else:
@@ -281,17 +375,24 @@ class TeardownPool(_PoolStep):
         return SUCCESS
 
 
-async def _all(jobs: list[Callable[[], Awaitable[None]]], fail_fast: bool = True) -> None:
-    """Run jobs concurrently; raise the first error (cancelling the others when ``fail_fast``)."""
+async def _gather(jobs: list[Callable[[], Awaitable]], fail_fast: bool = True) -> list:
+    """Run jobs concurrently, return their results; raise the first error (cancelling the others
+    when ``fail_fast``, except after an interrupt: jobs then stop by themselves, and an IPMI call
+    already sent must finish before the pool is powered off)."""
     ds = [defer.ensureDeferred(j()) for j in jobs]
     try:
-        await defer.gatherResults(ds, consumeErrors=True)
+        return await defer.gatherResults(ds, consumeErrors=True)
     except defer.FirstError as e:
-        if fail_fast:
+        if fail_fast and not isinstance(e.subFailure.value, _Interrupted):
             for d in ds:
                 d.cancel()
         await defer.DeferredList(ds, consumeErrors=True)
         raise e.subFailure.value from None
+
+
+async def _all(jobs: list[Callable[[], Awaitable[None]]], fail_fast: bool = True) -> None:
+    """Run jobs concurrently; raise the first error (see ``_gather``)."""
+    await _gather(jobs, fail_fast)
 
 
 def provision_steps(settings: Settings, inventory: Inventory) -> list:

@@ -6,7 +6,9 @@ import json
 from dataclasses import asdict
 
 import pytest
+from twisted.trial.unittest import TestCase as TrialTestCase
 
+from bench import hotpaths
 from bench.gate_sim import crn
 from bench.gate_sim.cli import main
 from bench.gate_sim.metrics import runs_limit, throughput_limit
@@ -185,3 +187,98 @@ def test_the_alerted_commit_comes_from_the_alert_field_and_the_message_is_only_a
         sim._schedule_human_fix(alert)
         assert sim.human_fixed == {"x3"}, alert
         assert [(t, kind, c) for t, _, kind, c in sim._heap] == [(SC.fix_delay_hours, "fix", "x3")]
+
+
+# --- hot paths on real processes (smoke: structure only, never timings) -------------------------
+
+
+def _cancel_session_expiry_timers() -> None:
+    """IpmiClient.stop() (steps/ipmi.py, being reworked) leaves its parked sessions' 20 s expiry
+    timers on the reactor, which trial reports as a dirty reactor; cancel exactly those (a no-op
+    once stop() cancels them itself)."""
+    from twisted.internet import reactor
+
+    for call in reactor.getDelayedCalls():
+        if getattr(call.func, "__qualname__", "").startswith("IpmiClient.") and call.active():
+            call.cancel()
+
+
+class IpmiFanoutSmoke(TrialTestCase):
+    """bench.hotpaths' IPMI fan-out on a real ``lab.bmc`` process, at tiny sizes."""
+
+    timeout = 120
+
+    @pytest.fixture(autouse=True)
+    def _inject(self, tmp_path):
+        self.tmp = tmp_path
+        self.addCleanup(_cancel_session_expiry_timers)
+
+    async def test_ipmi_fanout_boots_every_bmc_and_reports_each_size(self):
+        bmcs = hotpaths.BmcProcess(2, self.tmp)
+        try:
+            res = await hotpaths.ipmi_fanout_async(bmcs, (1, 2), concurrencies=(2, 1), repeat=1)
+        finally:
+            err = bmcs.stop()
+        self.assertIsNotNone(bmcs.proc.poll())  # the BMC process is gone
+        self.assertNotIn(bmcs.password, err)
+        self.assertEqual(res["path"], "IPMI fan-out (N=2 vs N=1)")
+        self.assertEqual(res["verified_bmcs"], 2)  # both on, next boot from the network
+        self.assertEqual(res["configured_concurrency"], 2)
+        self.assertEqual(set(res["by_concurrency"]), {"2", "1"})
+        for rows in res["by_concurrency"].values():
+            self.assertEqual(set(rows), {"1", "2"})
+            for r in rows.values():
+                self.assertGreater(r["median_s"], 0)
+                self.assertEqual(len(r["runs_s"]), 1)
+        self.assertEqual(res["ratios"]["2"]["1"], 1.0)
+        self.assertAlmostEqual(res["ratio"], res["measured_s"] / res["baseline_s"])
+        self.assertEqual(res["target"], 1.5)
+        md = "\n".join(hotpaths.details_markdown([res]))
+        self.assertIn("| 2 (configured) | 2 |", md)
+        self.assertNotIn(bmcs.password, json.dumps(res))
+
+
+class CobblerSyncSmoke(TrialTestCase):
+    """bench.hotpaths' Cobbler path on the module's real cobblerd (``cobbler_server``)."""
+
+    timeout = 120
+
+    @pytest.fixture(autouse=True)
+    def _inject(self, cobbler_server, tmp_path):
+        self.server = cobbler_server
+        self.tmp = tmp_path
+
+    async def test_cobbler_registers_and_syncs_then_removes_the_systems(self):
+        res = await hotpaths.cobbler_sync_async(self.server, self.tmp, (1, 2), repeat=1, pool_name="bsmoke")
+        self.assertEqual(res["path"], "Cobbler register + sync (2 systems vs 1)")
+        self.assertEqual(set(res["by_n"]), {"1", "2"})
+        for n, r in res["by_n"].items():
+            self.assertEqual((r["registered"], r["pxe_files"]), (int(n), int(n)))
+            self.assertGreater(r["register_s"], 0)
+            self.assertGreater(r["sync_s"], 0)
+        self.assertAlmostEqual(res["ratio"], res["measured_s"] / res["baseline_s"])
+        self.assertAlmostEqual(res["per_system_ratio"], res["ratio"] / 2)
+        self.assertFalse([s for s in self.server.system_names() if s.startswith("bsmoke-")])
+        self.assertIn("| 2 |", "\n".join(hotpaths.details_markdown([res])))
+
+
+def test_a_failing_hot_path_is_reported_not_raised(monkeypatch):
+    def broken():
+        raise RuntimeError("virtual BMC process did not become ready")
+
+    monkeypatch.setattr(hotpaths, "gate_decision", lambda: {"path": "gate decision", "error": "x"})
+    monkeypatch.setattr(hotpaths, "ipmi_fanout", broken)
+    monkeypatch.setattr(hotpaths, "cobbler_sync", lambda: {"path": "Cobbler", "error": "y"})
+    out = hotpaths.run_all()
+    assert out[1] == {"path": "broken", "error": "RuntimeError: virtual BMC process did not become ready"}
+    assert hotpaths.details_markdown(out) == []
+
+
+def test_cobbler_pool_is_a_valid_inventory_pool_of_n_systems(tmp_path):
+    pool = hotpaths.cobbler_pool("bp", 201, 50, "http://127.0.0.1:1/cobbler_api", tmp_path)
+    assert len(pool.hosts) == 50 and len({h.mac for h in pool.hosts}) == 50
+    assert [h.name for h in hotpaths.cobbler_pool("bp", 201, 1, "http://127.0.0.1:1/x", tmp_path).hosts] == [
+        "bp-mgmt"
+    ]
+    with pytest.raises(ValueError, match="n_systems must be 1-200"):
+        hotpaths.cobbler_pool("bp", 201, 0, "http://127.0.0.1:1/x", tmp_path)

@@ -19,7 +19,8 @@ from buildbot.process.results import FAILURE, SUCCESS
 from buildbot.test.util.integration import RunMasterBase
 from twisted.internet import defer, threads
 
-from steps.marvin import RunDemoTests, RunMarvin
+from steps.marvin import RunDemoTests, RunMarvin, recorded_durations
+from steps.testresults import shard
 from tests.support.procs import free_port
 
 FIXTURES = Path(__file__).parent / "marvin_fixtures"
@@ -76,6 +77,11 @@ class BvtStepIntegration(RunMasterBase):
                 "www": {"port": f"tcp:{self.web}:interface=127.0.0.1"},
             }
         )
+        return (yield self.force_build())
+
+    @defer.inlineCallbacks
+    def force_build(self):
+        """Force one more build on the running master; (build, results per test-result set)."""
         build = yield self.doForceBuild(wantSteps=True, wantProperties=True, wantLogs=True)
         sets = (yield self.rest(f"builds/{build['buildid']}/test_result_sets"))["test_result_sets"]
         results = {}
@@ -225,3 +231,56 @@ class BvtStepIntegration(RunMasterBase):
         build, results = yield self.run_build(step, properties={"bvt_tests": ["test_calc.CalcTest.test_add"]})
         self.assertEqual(build["results"], SUCCESS)
         self.assertEqual(results["BVT (demo)"], ((1, 0), [("test_calc", "CalcTest.test_add", "1")]))
+
+    @defer.inlineCallbacks
+    def test_shards_balanced_by_durations_recorded_through_the_data_api(self):
+        files = ["smoke/test_basic_ops.py", "smoke/test_failing.py", "smoke/test_skipping.py"]
+        step = self.marvin(tests=[f.split("/")[1] for f in files], rerun_failed=False, count_tests=False)
+        # build 1: nothing recorded yet, every file weighs the same -> shard 2/2 = failing.py
+        build, results = yield self.run_build(step, properties={"bvt_shard": "2/2"})
+        self.assertEqual({r[0] for r in results["BVT"][1]}, {"smoke/test_failing.py"})
+        # build 1's results, as a real suite would record them, stored through the data API:
+        # failing.py 100 s, basic_ops 60 s, skipping 30 s passed + 25 s skipped (summed);
+        # re-runs never count
+        upd = self.master.data.updates
+        builderid = yield upd.findBuilderId("bvt")
+        stepid = build["steps"][-1]["stepid"]  # the bvt step
+        recorded = {
+            "BVT": [
+                ("smoke/test_failing.py", "TestVolumes.test_01", 100),
+                ("smoke/test_basic_ops.py", "TestBasicOps.test_01", 40),
+                ("smoke/test_basic_ops.py", "TestBasicOps.test_02", 20),
+                ("smoke/test_skipping.py", "TestSnapshots.test_01", 30),
+            ],
+            "BVT: skipped": [("smoke/test_skipping.py", "TestSnapshots.test_02", 25)],
+            "BVT: re-runs of failed files": [("smoke/test_basic_ops.py", "TestBasicOps.test_01", 900)],
+        }
+        for description, rows in recorded.items():
+            setid = yield upd.addTestResultSet(
+                builderid, build["buildid"], stepid, description, "pass_fail", "boolean"
+            )
+            yield upd.addTestResults(
+                builderid,
+                setid,
+                [
+                    {"test_code_path": path, "test_name": name, "duration_ns": sec * 10**9, "value": "1"}
+                    for path, name, sec in rows
+                ],
+            )
+            yield upd.completeTestResultSet(setid)
+        durations = yield recorded_durations(self.master, "bvt")
+        self.assertEqual(sorted(durations), sorted(files))
+        # the real nose run of build 1 added a few ms to failing.py
+        for path, expected in (
+            ("smoke/test_failing.py", 100),
+            ("smoke/test_basic_ops.py", 60),
+            ("smoke/test_skipping.py", 55),
+        ):
+            self.assertAlmostEqual(durations[path], expected, delta=5)
+        self.assertEqual(shard(files, durations, 2, 0), ["smoke/test_failing.py"])
+        self.assertEqual(shard(files, durations, 2, 1), ["smoke/test_basic_ops.py", "smoke/test_skipping.py"])
+        # build 2, shard 2/2: RunMarvin reads those durations and runs the two shorter files
+        build, results = yield self.force_build()
+        ran = {r[0] for name, (_, rows) in results.items() for r in rows}
+        self.assertEqual(ran, {"smoke/test_basic_ops.py", "smoke/test_skipping.py"})
+        self.assertEqual(build["results"], SUCCESS)

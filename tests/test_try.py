@@ -169,3 +169,16 @@ def test_gate_requests_go_before_try_requests(tmp_path):
         assert [b["builderid"] for b in builds] == [builders["gate-bvt"], builders["try-bvt"]]
     finally:
         dep.stop()
+
+
+def test_patch_problem_names_the_reason():
+    from schedulers.trying import patch_problem
+
+    assert patch_problem(GOOD_PATCH.encode(), 1024) is None
+    assert patch_problem(None, 1024) is None
+    assert "above the try limit of 100 bytes" in patch_problem(GOOD_PATCH.encode(), 100)
+    assert "NUL byte at offset 3" in patch_problem(b"abc\0def", 1024)
+    hunk = b"diff --git a/x.png b/x.png\nBinary files a/x.png and b/x.png differ\n"
+    assert "binary file b/x.png" in patch_problem(hunk, 1024)
+    assert "not a unified diff" in patch_problem(b"hello\n", 1024)
+    assert patch_problem(b"diff --git a/x.png b/x.png\nGIT binary patch\nliteral 3\nabc\n", 1024) is None

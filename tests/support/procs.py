@@ -369,6 +369,9 @@ class Worker:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            # like Master.kill: a quick restart must not find the dying daemon's pidfile
+            wait_for(lambda: not _alive(pid), 10, "the worker to die")
+            (self.basedir / "twistd.pid").unlink(missing_ok=True)
 
 
 @dataclass
