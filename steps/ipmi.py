@@ -2,12 +2,27 @@
 
 pyghmi's client is synchronous, so every call runs on a dedicated, bounded thread pool
 (``deferToThreadPool``); a ``DeferredSemaphore`` bounds how many BMCs are talked to at once.
-Each try has a deadline; failed tries are retried with exponential back-off. Failures raise
-:class:`IpmiError`, which names the host, the BMC address:port and the reason, never the
-password. A wrong password is not retried (it would only lock the BMC account sooner).
+Each try has a deadline; failed tries are retried with exponential back-off (capped at
+``max_backoff``). Failures raise :class:`IpmiError`, which names the host, the BMC
+address:port and the reason, never the password. A wrong password is not retried (it would
+only lock the BMC account sooner).
 
-Each call logs in afresh (about 5 ms on a LAN): pyghmi caches sessions per BMC and reuses a
-cached session even after the BMC went away, which then takes ~50 s to fail.
+Sessions (why IPMI used to fail under packet loss): pyghmi shares client sessions per BMC and
+up to 64 sessions per UDP socket, and every new session starts its RMCP+ session id and tag
+at the same values. A retry therefore ran on the socket of the try it replaced, where late
+answers meant for the abandoned try derailed its login, and cleaning up the abandoned session
+(``_mark_broken`` -> ``logout``) blocked for many seconds in pyghmi's command wait. Here every
+try gets its own single-use session on its own new socket (:func:`_session_class`); a try
+that times out is stopped at once without waiting for the BMC, and its socket is closed a
+few seconds later, once pyghmi's I/O thread no longer watches it. The login keeps pyghmi's
+per-packet retransmission, but each RMCP+ login step gets a fresh retransmission budget (as
+pyghmi gives IPMI requests), a relogin skips the unchanged channel-capabilities query, and
+a BMC that turned SHA-256 down is offered SHA-1 straight away next time.
+
+A successful call's logged-in session is kept for ``reuse`` seconds and handed to the next
+call to the same BMC (provisioning sets the boot device and then power-cycles); it is closed
+(IPMI Close Session) when unused for that long or on :meth:`IpmiClient.stop`. A reused
+session that no longer works fails its try like any other, and the retry logs in afresh.
 """
 
 from __future__ import annotations
@@ -105,6 +120,7 @@ class _Attempt:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.abandoned = False
+        self.finished = False
         self.session: Any = None  # the session this try uses, once it has one
         self.reuse: Any = None  # a logged-in session of an earlier call to hand this try
 
@@ -115,13 +131,26 @@ class _Attempt:
             self.session = session
             return True
 
-    def abandon(self) -> None:
-        """Called on the reactor thread when the try timed out: its session stops at once."""
+    def finish(self) -> bool:
+        """Called by the pool thread when the try is over; True if it was abandoned first."""
+        with self._lock:
+            self.finished = True
+            return self.abandoned
+
+    def abandon(self) -> Any:
+        """Called on the reactor thread when the try timed out: its session stops at once.
+
+        Returns a still logged-in session if the try had in fact just finished (the caller
+        must retire it), else None (the pool thread retires it).
+        """
         with self._lock:
             self.abandoned = True
-            session = self.session
+            session, finished = self.session, self.finished
+        if finished:
+            return session
         if session is not None:
             session.stop("abandoned after the try's timeout")
+        return None
 
 
 # Sockets of retired sessions: closed a while later, once pyghmi's I/O thread cannot be in a
@@ -359,14 +388,15 @@ def _blocking_call(target: BmcTarget, fn: Callable[[Any], T], attempt: _Attempt)
         if attempt.abandoned:
             raise _Unanswered("abandoned")
         result = fn(_command(session))
-        ok = not attempt.abandoned and session.logged and not session.broken
+        ok = session.logged and not session.broken
         return result
     except IpmiException as e:
         raise _classify(e) from None
     except OSError as e:
         raise _Unanswered(f"network error: {e.strerror or e}") from None
     finally:
-        if attempt.session is not None and not ok:
+        abandoned = attempt.finish()
+        if attempt.session is not None and (abandoned or not ok):
             _retire(attempt.session, logout=False)
             attempt.session = None
 
@@ -476,7 +506,9 @@ class IpmiClient:
                         self._park(target, attempt.session)
                     return result
                 except defer.TimeoutError:
-                    attempt.abandon()  # its thread stops soon; the next try has its own session
+                    late = attempt.abandon()  # its thread stops soon; the next try has its own session
+                    if late is not None:
+                        self._retire_soon(late)
                     last = "no answer"
                 except _AuthFailed:
                     raise IpmiError(

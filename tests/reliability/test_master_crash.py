@@ -4,11 +4,16 @@ A reference run (real master, two real workers, a real bare origin, no faults) r
 gate's decisions ("gate:" lines of twistd.log) and its result. A seeded RNG picks kill points
 among those events (plus a few forced ones: right after the first START, after the first
 bisect FINISHED, mid-confirmation, and mid-push: while the origin's pre-receive hook holds a
-promotion). The crash run replays the same history and SIGKILLs the master as soon as each
-event appears, restarts it, and goes on to the next point (several kills per run). After
-that: no BVT result lost (every finished gate build was fed to the gate or cancelled by it),
-no finished run repeated, master only fast-forwarded through passing commits, each pushed
-once, and the same culprit as the reference.
+promotion). Seeded points count events by kind only ("the 5th START"), not by run kind: after
+a kill, the interrupted tip runs come back as retry runs, so "the 3rd tip START" may never
+happen in the crash run. The crash run replays the same history and SIGKILLs the master as
+soon as each event appears, restarts it, and goes on to the next point (several kills per run);
+while fewer than the required kills are done (points that fire together count once), it also
+kills at the next gate decision when no seeded point is reached for a few seconds, or at once
+when too few seeded points are left. After that: no BVT result lost (every finished gate
+build was fed to the gate or cancelled by it), no finished run repeated, master only
+fast-forwarded through passing commits, each pushed once, and the same culprit as the
+reference.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ COMMITS = 6
 CULPRIT_INDEX = 3  # the 4th commit breaks test_value
 SQLITE_KILLS = 16  # seeded points on SQLite (at least 10 must be injected)
 PG_KILLS = 3
+MIN_SQLITE_KILLS = 10
+FALLBACK_AFTER = 3.0  # s without a seeded point (and too few kills): kill at the next decision
+DECISIONS = ("START", "FINISHED", "PROMOTE")  # FETCH is logged at every startup: not a fallback
 
 EVENT_RES = [
     ("START", re.compile(r"gate: START gate (\w+) run r\d+ of ([0-9a-f]{12})")),
@@ -217,23 +225,26 @@ def reference_run(root: Path) -> tuple[list[tuple], dict]:
 
 
 def kill_points(ref: list[tuple], n: int, rng: random.Random) -> list[tuple[tuple, int]]:
-    """Forced points plus seeded ones among the reference's events, as (event, occurrence).
+    """Forced points plus seeded ones among the reference's events, as (key, occurrence).
 
-    The forced ones: right after the first START, after the first bisect FINISHED (before the
-    next decision), mid-confirmation (after the confirm run's START)."""
-    seen: Counter = Counter()
+    A key is ``(kind,)`` (any event of that kind: seeded points, the first START) or a whole
+    event (the forced ``("FINISHED", "bisect")`` and ``("START", "confirm")``, which every run
+    has). The forced ones: right after the first START, after the first bisect FINISHED (before
+    the next decision), mid-confirmation (after the confirm run's START)."""
+    by_kind: Counter = Counter()
+    by_event: Counter = Counter()
+    position: dict[tuple, int] = {}
     numbered = []
-    for ev in ref:
-        seen[ev] += 1
-        numbered.append((ev, seen[ev]))
-    forced = [
-        (("START", ref[[e[0] for e in ref].index("START")][1]), 1),
-        (("FINISHED", "bisect"), 1),
-        (("START", "confirm"), 1),
-    ]
+    for i, ev in enumerate(ref):
+        by_kind[ev[0]] += 1
+        by_event[ev] += 1
+        numbered.append(((ev[0],), by_kind[ev[0]]))
+        position.setdefault(numbered[-1], i)
+        position.setdefault((ev, by_event[ev]), i)
+    forced = [(("START",), 1), (("FINISHED", "bisect"), 1), (("START", "confirm"), 1)]
     rest = [p for p in numbered[1:] if p not in forced and p[0][0] != "BLAME"]
     chosen = forced + rng.sample(rest, min(len(rest), max(0, n - len(forced))))
-    return sorted(chosen, key=numbered.index)
+    return sorted(chosen, key=position.__getitem__)
 
 
 @dataclass
@@ -243,23 +254,38 @@ class Injection:
     restart: float
 
 
-def _wait_point(sc: Scenario, targets: list, push_pending: bool) -> str | list:
-    """Wait until a target event has happened (its occurrence count reached, across restarts) or
-    a promotion is held by the origin's hook while ``push_pending``.
+def _count(seen: Counter, key: tuple) -> int:
+    """Occurrences of ``key``: a whole event, or ``(kind,)`` for any event of that kind."""
+    return seen[key] if len(key) > 1 else sum(n for ev, n in seen.items() if ev[0] == key[0])
 
-    Returns the targets reached, "push", or "done" (the gate finished first)."""
-    checked = [time.monotonic()]
+
+def _wait_point(sc: Scenario, targets: list, push_pending: bool, fallback: float | None) -> str | list:
+    """Wait until a target event has happened (its occurrence count reached, across restarts) or
+    a promotion is held by the origin's hook while ``push_pending``; with ``fallback`` (seconds),
+    after that long without either, until the next gate decision.
+
+    Returns the targets reached, "push", "fallback: <decision>" or "done" (the gate finished)."""
+    start = checked = time.monotonic()
     mark = sc.proj.origin / PUSH_MARK
+    base: list[int] = []  # decisions in the log when the fallback armed
 
     def reached() -> str | list | None:
+        nonlocal checked
         if push_pending and mark.exists() and mark.read_text().split():
             return "push"
-        seen = Counter(events(sc.log()))
-        hit = [t for t in targets if seen[t[0]] >= t[1]]
+        evs = events(sc.log())
+        seen = Counter(evs)
+        hit = [t for t in targets if _count(seen, t[0]) >= t[1]]
         if hit:
             return hit
-        if time.monotonic() - checked[0] >= 0.5:  # the expensive check, twice a second
-            checked[0] = time.monotonic()
+        decisions = [e for e in evs if e[0] in DECISIONS]
+        if fallback is not None and not base and time.monotonic() - start >= fallback:
+            base.append(len(decisions))
+        if base and len(decisions) > base[0]:
+            ev = decisions[base[0]]
+            return f"fallback: the next gate decision, {ev[0]}{f' ({ev[1]})' if len(ev) > 1 else ''}"
+        if time.monotonic() - checked >= 0.5:  # the expensive check, twice a second
+            checked = time.monotonic()
             if sc.done():
                 return "done"
         return None
@@ -272,22 +298,31 @@ def _name(target: tuple[tuple, int]) -> str:
     return f"after {ev[0]}{f' ({ev[1]})' if len(ev) > 1 else ''} #{nth}"
 
 
-def crash_run(root: Path, points: list[tuple[tuple, int]], database: str | None = None) -> dict:
-    """Replay the scenario, SIGKILL the master at each point (and once mid-push); check it all."""
+def crash_run(
+    root: Path, points: list[tuple[tuple, int]], database: str | None = None, min_kills: int = 0
+) -> dict:
+    """Replay the scenario, SIGKILL the master at each point (and once mid-push), falling back to
+    the next gate decision while fewer than ``min_kills`` kills are done; check it all."""
     sc = start_scenario(root, database=database, slow_push=True)
     m = sc.dep.master
     done: list[Injection] = []
     targets: list = list(points)
     push_pending = True
     try:
-        while targets or push_pending:
+        while targets or push_pending or len(done) < min_kills:
             t0 = time.monotonic()
-            got = _wait_point(sc, targets, push_pending)
+            needed = min_kills - len(done)
+            # too few points left even if each fires alone: kill at the very next decision
+            eager = len(targets) + push_pending < needed
+            fallback = (0.0 if eager else FALLBACK_AFTER) if needed > 0 else None
+            got = _wait_point(sc, targets, push_pending, fallback)
             if got == "done":
                 break
             if got == "push":
                 push_pending = False
                 point = "mid-push of a promotion (the origin's pre-receive hook running)"
+            elif isinstance(got, str):
+                point = got
             else:
                 targets = [t for t in targets if t not in got]
                 point = " and ".join(_name(t) for t in got)
@@ -390,12 +425,12 @@ def test_master_sigkill_at_seeded_gate_events(tmp_path, reliability):
     points = kill_points(ref_events, SQLITE_KILLS, random.Random(SEED))
     assert len(points) >= 12, (points, ref_events)  # all eligible events when fewer than asked
 
-    res = crash_run(tmp_path / "crash", points)
+    res = crash_run(tmp_path / "crash", points, min_kills=MIN_SQLITE_KILLS)
     kills = len(res["injections"])
     survived_ok = True
     try:
         _assert_survived(res, ref)
-        assert kills >= 10, ([i.point for i in res["injections"]], res["not_reached"])
+        assert kills >= MIN_SQLITE_KILLS, ([i.point for i in res["injections"]], res["not_reached"])
         assert any(i.point.startswith("mid-push") for i in res["injections"]), res["injections"]
     except AssertionError:
         survived_ok = False
@@ -422,7 +457,7 @@ def test_master_sigkill_at_seeded_gate_events(tmp_path, reliability):
     url = pg.start()
     try:
         pg_points = kill_points(ref_events, PG_KILLS, random.Random(SEED))[:PG_KILLS]
-        res_pg = crash_run(tmp_path / "crash-pg", pg_points, database=url)
+        res_pg = crash_run(tmp_path / "crash-pg", pg_points, database=url, min_kills=2)
     finally:
         pg.stop()
     kills_pg = len(res_pg["injections"])

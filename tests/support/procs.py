@@ -353,6 +353,10 @@ class Worker:
         )
 
     def start(self) -> None:
+        pid = self.pid()
+        if pid:  # after kill(): the SIGKILLed daemon may still be dying; twistd would refuse to start
+            wait_for(lambda: not _alive(pid), 10, "the killed worker to die")
+            (self.basedir / "twistd.pid").unlink(missing_ok=True)
         run([str(BIN / "buildbot-worker"), "start", str(self.basedir)], timeout=60)
 
     def pid(self) -> int | None:
@@ -369,9 +373,6 @@ class Worker:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            # like Master.kill: a quick restart must not find the dying daemon's pidfile
-            wait_for(lambda: not _alive(pid), 10, "the worker to die")
-            (self.basedir / "twistd.pid").unlink(missing_ok=True)
 
 
 @dataclass
