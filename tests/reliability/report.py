@@ -42,11 +42,11 @@ NOT_COVERED = """\
   back-off is capped.
 - A Cobbler connection dropped mid-request is reported with a Twisted `Failure` repr in the
   message (clear enough, not pretty).
-- **Worker lost mid-provisioning leaves hosts powered** (`steps/provision.py`): when the
-  worker dies, Buildbot interrupts `ProvisionPool`, but the step (it runs in the master) goes
-  on powering and installing hosts, the build ends RETRY without `TeardownPool`, and the
-  re-queued build power-*resets* hosts that were never powered off
-  (`tests/reliability/test_worker_lost.py` stays red until fixed). No commit is blamed.
+- Fixed while writing these tests (`steps/provision.py`): when the worker died mid-provisioning,
+  `ProvisionPool` (it runs in the master) ignored the interrupt and went on installing hosts,
+  and the re-queued build power-reset hosts never powered off. It now honours `interrupt()`,
+  powers the pool off before ending RETRY, and powers off any host found running before it
+  provisions.
 - Fixed while writing these tests (`schedulers/gate.py`, `schedulers/gitops.py`): a master
   killed between creating a run's buildset and saving it ran that commit twice and lost one
   result (buildsets are now tagged `gate:<run id>` and adopted on restart); a master killed
@@ -55,11 +55,12 @@ NOT_COVERED = """\
   "promotion-rejected" alert; a push refused by an origin hook was reported as "master
   moved"; an unreachable origin raised no alert.
 
-## Not covered yet
+## Covered outside this directory
 
-- malformed/unsigned webhook payloads; huge/binary try patches (see `tests/test_webhook.py`,
-  `tests/test_try.py` outside this directory);
-- pool quarantine after N infrastructure failures end to end (see `tests/test_health.py`).
+- malformed and unsigned webhook payloads: `tests/test_webhook.py`;
+- pool quarantine after N infrastructure failures and its release: `tests/test_health.py`,
+  `tests/test_pool_release.py`;
+- the quarantine mail: `tests/test_notify.py`.
 """
 
 

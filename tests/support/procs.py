@@ -148,15 +148,26 @@ class Postgres:
         b = self.bindir()
         run(self._as_postgres(str(b / "initdb"), "-A", "trust", "-U", "postgres", "-D", str(data)))
         opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        run(self._as_postgres(str(b / "pg_ctl"), "-D", str(data), "-l", str(self.root / "pg.log"), "-w",
-                              "-o", opts, "start"), timeout=60)
-        run(self._as_postgres(str(b / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                              "qacloud"))
+        run(
+            self._as_postgres(
+                str(b / "pg_ctl"), "-D", str(data), "-l", str(self.root / "pg.log"), "-w", "-o", opts, "start"
+            ),
+            timeout=60,
+        )
+        run(
+            self._as_postgres(
+                str(b / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "qacloud"
+            )
+        )
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/qacloud"
 
     def stop(self) -> None:
-        run(self._as_postgres(str(self.bindir() / "pg_ctl"), "-D", str(self.root / "pgdata"), "-m", "fast",
-                              "-w", "stop"), check=False)
+        run(
+            self._as_postgres(
+                str(self.bindir() / "pg_ctl"), "-D", str(self.root / "pgdata"), "-m", "fast", "-w", "stop"
+            ),
+            check=False,
+        )
         shutil.rmtree(self.root, ignore_errors=True)
 
 
