@@ -133,6 +133,8 @@ class Provisioning(Located):
     # ProvisionPool/TeardownPool (steps/provision.py), docs/configuration.md
     enabled: bool | None = None  # None: on when bvt.mode is cloudstack, off in demo mode
     ipmi_backoff: float = check(_positive, default=0.5)  # seconds before the 2nd try; doubles
+    # seconds a logged-in IPMI session is reused for the next call to the same BMC (0: never)
+    ipmi_session_reuse: float = check(_non_negative, default=20.0)
     install_poll_interval: float = check(_positive, default=2.0)  # seconds between install checks
     cobbler_timeout: int = check(_positive, default=30)  # seconds per Cobbler API call
 

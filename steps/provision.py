@@ -51,13 +51,14 @@ _clients: dict[tuple, IpmiClient] = {}
 
 def ipmi_client(p: Provisioning) -> IpmiClient:
     """One IpmiClient per master process and settings, so the concurrency bound is global."""
-    key = (p.ipmi_timeout, p.ipmi_retries, p.ipmi_concurrency, p.ipmi_backoff)
+    key = (p.ipmi_timeout, p.ipmi_retries, p.ipmi_concurrency, p.ipmi_backoff, p.ipmi_session_reuse)
     if key not in _clients:
         _clients[key] = IpmiClient(
             timeout=p.ipmi_timeout,
             retries=p.ipmi_retries,
             concurrency=p.ipmi_concurrency,
             backoff=p.ipmi_backoff,
+            reuse=p.ipmi_session_reuse,
         )
     return _clients[key]
 

@@ -20,7 +20,8 @@ import yaml
 
 from lab.demo import Paths, _alive, tracked_pids
 from lab.demo_project import BROKEN_TEST, CULPRIT_AUTHOR, CULPRIT_MESSAGE
-from tests.support.procs import REPO, git, wait_for
+from tests.reliability import secret_scan
+from tests.support.procs import REPO, Deployment, Master, git, wait_for
 
 
 def _get(url: str) -> bytes:
@@ -94,6 +95,14 @@ def test_demo_ci_run(tmp_path: Path) -> None:
         judged = [(b, p) for b, p in zip(builds, props, strict=True) if b["results"] in (0, 2)]
         runs_per_pool = {name: sum(1 for _, p in judged if p.get("pool") == name) for name in hosts}
         assert sum(runs_per_pool.values()) == len(judged) > 0
+
+        # a full gate run with provisioning leaked no secret (BMC, Cobbler, worker, web users)
+        # into any build log, the master's twistd.log or the REST API
+        secret_values = {f.name: f.read_text().strip() for f in (var / "secrets").iterdir()}
+        demo_master = Master(var / "master", paths.settings, settings["www"]["port"], secret_values)
+        report = secret_scan.scan(Deployment(var, demo_master, []), secret_values)
+        assert report.build_logs > 0 and {n for n in secret_values if n.startswith("bmc-")}, report
+        assert report.hits == [], report.hits
     finally:
         subprocess.run(
             [sys.executable, "-m", "lab.demo", "stop", "--var", str(var)], cwd=REPO, timeout=150, check=False

@@ -357,12 +357,20 @@ def _check(sc: Scenario, done: list[Injection]) -> dict:
     ]
     per_run = Counter(b["props"]["gate_run_id"] for b in finished)
     repeated = [r for r, n in per_run.items() if n > 1]
+    # confirmations repeat a test by design; a retry replaces a run that gave no result (e.g.
+    # the master died before creating its buildset), so two retries of the same commit can be
+    # legitimate (of a bisect run and of a confirm run) -- but there must never be more finished
+    # retries than runs the gate declared inconclusive
     key = Counter(
         (b["props"]["revision"], b["props"]["gate_kind"], json.dumps(b["props"].get("bvt_tests")))
         for b in finished
-        if b["props"]["gate_kind"] != "confirm"
+        if b["props"]["gate_kind"] not in ("confirm", "retry")
     )
     repeated_keys = [k for k, n in key.items() if n > 1]
+    retries = sum(1 for b in finished if b["props"]["gate_kind"] == "retry")
+    inconclusive = len(re.findall(r"gate: run r\d+ .*inconclusive", text))
+    if retries > inconclusive:
+        repeated_keys.append(("retry runs", retries, "inconclusive runs", inconclusive))
     passed = {b["props"]["revision"] for b in finished if b["results"] == SUCCESS}
     updates = master_updates(sc.proj.origin)
     reflog = master_reflog(sc.proj.origin)

@@ -53,6 +53,9 @@ def lab_deployment(tmp_path, cobbler_server):
                     "ipmi_timeout": 2,
                     "ipmi_retries": 1,
                     "ipmi_backoff": 0.1,
+                    # the BMC's password is changed between builds below; a session kept from
+                    # the first build would (rightly) still be valid, so log in afresh each call
+                    "ipmi_session_reuse": 0,
                     "cobbler_timeout": 10,
                 },
                 "reporters": {
