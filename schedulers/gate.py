@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from buildbot.data import resultspec
 from buildbot.process.properties import Properties
-from buildbot.process.results import CANCELLED
+from buildbot.process.results import CANCELLED, RETRY
 from buildbot.schedulers.base import ReconfigurableBaseScheduler
 from twisted.internet import defer, task
 from twisted.python import log
@@ -265,6 +265,20 @@ class GateScheduler(ReconfigurableBaseScheduler):
                 c = await self._classify(m["bsid"], run_id)
                 log.msg(f"gate: run {run_id} of {_short(run['commit'])} finished while the master was down")
                 events.append(self._finished_event(run_id, run, c))
+            elif (done := await self._finished_build(m["bsid"])) is not None:
+                # the master died after the build finished but before Buildbot completed its
+                # build request, so Buildbot re-queued the request: take the result that exists
+                # and cancel the re-run, so a finished run is never repeated
+                c = await self._classify(m["bsid"], run_id, build=done)
+                log.msg(
+                    f"gate: run {run_id} of {_short(run['commit'])} finished (build {done.id}) while its"
+                    " request was re-queued by the restart: result taken, re-run cancelled"
+                )
+                events.append(self._finished_event(run_id, run, c))
+                self._runs.pop(run_id, None)
+                for br in await self.master.db.buildrequests.getBuildRequests(bsid=m["bsid"]):
+                    if not br.complete:
+                        await self._cancel_request(br.buildrequestid, run_id, "already finished")
             else:
                 log.msg(
                     f"gate: run {run_id} of {_short(run['commit'])} still pending/running: waiting for it"
@@ -377,15 +391,29 @@ class GateScheduler(ReconfigurableBaseScheduler):
         )
         return RunFinished(run_id, c.outcome, c.failed_tests, c.reason, self._now())  # type: ignore[arg-type]
 
-    async def _classify(self, bsid: int, run_id: str) -> Classified:
-        """The outcome of a run's (completed) buildset from its last build."""
+    async def _builds(self, bsid: int) -> list:
         brs = await self.master.db.buildrequests.getBuildRequests(bsid=bsid)
         builds = []
         for br in brs:
             builds.extend(await self.master.db.builds.getBuilds(buildrequestid=br.buildrequestid))
-        if not builds:
-            return Classified("inconclusive", (), "the build request ended before a build started")
-        build = max(builds, key=lambda b: b.id)
+        return builds
+
+    async def _finished_build(self, bsid: int):
+        """A build of the buildset that finished with a real result (not RETRY/CANCELLED)."""
+        done = [
+            b
+            for b in await self._builds(bsid)
+            if b.complete_at is not None and b.results not in (RETRY, CANCELLED)
+        ]
+        return max(done, key=lambda b: b.id) if done else None
+
+    async def _classify(self, bsid: int, run_id: str, build=None) -> Classified:
+        """The outcome of a run's (completed) buildset from its last build (or ``build``)."""
+        if build is None:
+            builds = await self._builds(bsid)
+            if not builds:
+                return Classified("inconclusive", (), "the build request ended before a build started")
+            build = max(builds, key=lambda b: b.id)
         props = await self.master.db.builds.getBuildProperties(build.id)
         self._urls[run_id] = f"{self._base_url()}#/builders/{build.builderid}/builds/{build.number}"
         while len(self._urls) > URL_HISTORY:
@@ -532,12 +560,13 @@ class GateScheduler(ReconfigurableBaseScheduler):
         log.msg(f"gate: CANCEL run {a.run_id}: {a.reason}")
         if not m or m.get("brid") is None:
             return
+        await self._cancel_request(m["brid"], a.run_id, a.reason)
+
+    async def _cancel_request(self, brid: int, run_id: str, reason: str) -> None:
         try:
-            await self.master.data.control(
-                "cancel", {"reason": f"gate: {a.reason}"}, ("buildrequests", m["brid"])
-            )
+            await self.master.data.control("cancel", {"reason": f"gate: {reason}"}, ("buildrequests", brid))
         except Exception as e:  # a request that already finished cannot be cancelled
-            log.msg(f"gate: could not cancel build request {m['brid']} of run {a.run_id}: {e}")
+            log.msg(f"gate: could not cancel build request {brid} of run {run_id}: {e}")
 
     async def _promote(self, sha: str) -> Promoted:
         reactor = self.master.reactor

@@ -104,8 +104,12 @@ def test_gate_bisects_blames_survives_sigkill_and_promotes_the_fix(tmp_path):
             raise AssertionError(f"{e}\n{m.log_tail(120)}") from None
         assert c["author"] == "Dev5 <dev5@example.org>"
         assert c["failed_tests"] == [FAILING_TEST]
+        # the view is saved with the decision; the BLAME line is logged as the action runs
+        blame_line = rf"gate: BLAME {culprit} by Dev5 <dev5@example.org>: breaks {re.escape(FAILING_TEST)}"
+        wait_for(
+            lambda: re.search(blame_line, (m.basedir / "twistd.log").read_text()), 10, "the BLAME log line"
+        )
         log = (m.basedir / "twistd.log").read_text()
-        assert re.search(rf"gate: BLAME {culprit} by Dev5 <dev5@example.org>: breaks {FAILING_TEST}", log)
         assert "gate: resumed:" in log
         view = _view(dep)
         statuses = {cand["commit"]: cand["status"] for cand in view["candidates"]}
