@@ -95,7 +95,9 @@ def test_git_hazards_alert_never_force_and_recover(tmp_path, reliability):
         hot = proj.commit("hotfix straight to master", {"hot.txt": "hot\n"}, author="Rogue <r@example.org>")
         _push_elsewhere(proj, "origin", "HEAD:master")
         wait_for(lambda: _alerts(dep, "master-moved"), 30, "the master-moved alert")
-        assert re.search(rf"gate: ALERT master-moved: master moved outside the gate to {hot[:12]}", _log(m))
+        # the view is saved with the decision; the ALERT line is logged as the action runs
+        moved = rf"gate: ALERT master-moved: master moved outside the gate to {hot[:12]}"
+        wait_for(lambda: re.search(moved, _log(m)), 10, "the master-moved log line")
         assert proj.head("master") == hot  # never rewritten
         git("checkout", "-q", "staging", cwd=proj.work)
         git("merge", "-q", "--ff-only", "hotfix", cwd=proj.work)
