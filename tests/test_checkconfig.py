@@ -27,7 +27,8 @@ def _secrets_for(settings_file: Path) -> None:
     write_secrets(s.secrets_path, names)
 
 
-def test_checkconfig_demo_settings(tmp_path):
+def _demo_settings(tmp_path: Path) -> Path:
+    """The demo settings with their secrets in a temp dir (a fresh clone has none yet)."""
     settings = tmp_path / "demo.yaml"
     data = yaml.safe_load(DEMO_SETTINGS.read_text())
     data.update(
@@ -37,6 +38,11 @@ def test_checkconfig_demo_settings(tmp_path):
     )
     settings.write_text(yaml.safe_dump(data))
     _secrets_for(settings)
+    return settings
+
+
+def test_checkconfig_demo_settings(tmp_path):
+    settings = _demo_settings(tmp_path)
     p = subprocess.run([QACLOUD, "checkconfig", "--settings", str(settings)], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Config file is good!" in p.stdout
@@ -62,8 +68,8 @@ def test_checkconfig_reports_bad_settings_without_traceback(tmp_path):
     assert "Traceback" not in p.stderr
 
 
-def test_wiring_one_worker_per_pool_and_no_collapsing():
-    s = load_settings(DEMO_SETTINGS)
+def test_wiring_one_worker_per_pool_and_no_collapsing(tmp_path):
+    s = load_settings(_demo_settings(tmp_path))
     c = build_config(s)
     names = [w.name for w in c["workers"]]
     assert {"pool1-qavm", "pool2-qavm"} <= set(names)
