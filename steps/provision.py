@@ -48,6 +48,9 @@ from steps.ipmi import BmcTarget, IpmiClient, IpmiError
 
 _clients: dict[tuple, IpmiClient] = {}
 
+# after an interrupt, rounds of power-off calls (each with the client's own retries) per host
+ABORT_POWER_OFF_ROUNDS = 3
+
 
 def ipmi_client(p: Provisioning) -> IpmiClient:
     """One IpmiClient per master process and settings, so the concurrency bound is global."""
@@ -232,11 +235,18 @@ class ProvisionPool(_PoolStep):
         ipmi = ipmi_client(self.provisioning)
 
         async def off(t: BmcTarget) -> None:
-            try:
-                await ipmi.power_off(t)
-                await self._log("provision", f"host {t.host}: BMC {t.endpoint}: powered off")
-            except IpmiError as e:
-                await self._log("provision", f"could not power {t.host} off: {e}")
+            # a busy BMC (an IPMI call of the interrupted boot still in flight) or a loaded
+            # master can time out one call: the pool must end up off, so try a few rounds
+            for attempt in range(1, ABORT_POWER_OFF_ROUNDS + 1):
+                try:
+                    await ipmi.power_off(t)
+                    await self._log("provision", f"host {t.host}: BMC {t.endpoint}: powered off")
+                    return
+                except IpmiError as e:
+                    await self._log(
+                        "provision",
+                        f"could not power {t.host} off (round {attempt}/{ABORT_POWER_OFF_ROUNDS}): {e}",
+                    )
 
         await _all([lambda t=t: off(t) for t in targets], fail_fast=False)
         await self._finish_logs()
