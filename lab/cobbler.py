@@ -6,9 +6,11 @@ writable layer under ``workdir`` (variant B of ../shared/notes/cobbler.md), so t
 trees are never written. Cobbler lives in its own venv (``var/cobbler-venv``, pinned by
 ``lab/cobbler-requirements.lock``) because its dependencies must not mix with qacloud's.
 
-cobblerd binds 127.0.0.1:25151 (hard-coded) and only answers XML-RPC on ``/`` and ``/RPC2``;
-like a real installation, clients use ``/cobbler_api`` on the HTTP front end, here the small
-wsgiref server of ``lab/cobbler_svc.py`` (stand-in for Apache + mod_wsgi), which also serves
+cobblerd binds 127.0.0.1 (hard-coded) on the port its settings name (``xmlrpc_port``, written
+into the sandbox's ``settings.yaml``: a free port by default, so any number of lab Cobblers can
+run side by side) and only answers XML-RPC on ``/`` and ``/RPC2``. Like a real installation,
+clients use ``/cobbler_api`` on the HTTP front end, here the small wsgiref server of
+``lab/cobbler_svc.py`` (stand-in for Apache + mod_wsgi), which also serves
 ``/cblr/svc/op/nopxe/system/<name>`` and the other ``/cblr/svc`` endpoints.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 COBBLER_VENV = REPO_ROOT / "var" / "cobbler-venv"
 COBBLER_LOCK = Path(__file__).resolve().parent / "cobbler-requirements.lock"
 SVC_SCRIPT = Path(__file__).resolve().parent / "cobbler_svc.py"
-XMLRPC_PORT = 25151  # hard-coded address in cobblerd; only the port is a setting
+XMLRPC_PORT = 25151  # Cobbler's default ``xmlrpc_port``; pass it explicitly to get it (127.0.0.1 is fixed)
 DUMMY_DISTRO = "qacloud-dummy"
 PXELINUX_FILES = (Path("/usr/lib/PXELINUX/pxelinux.0"), Path("/usr/lib/syslinux/modules/bios/ldlinux.c32"))
 
@@ -76,10 +79,16 @@ def ensure_cobbler_venv(venv: Path = COBBLER_VENV, lock: Path = COBBLER_LOCK) ->
     return python
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (held open together while picked)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _port_busy(port: int) -> bool:
@@ -118,10 +127,15 @@ class CobblerServer:
         password: str = "",
         token_expiration: int = 3600,
         svc_port: int = 0,
+        xmlrpc_port: int = 0,
     ):
-        """``svc_port``: the HTTP front end's port (0: a free one), fixed when an inventory names it."""
+        """``svc_port``: the HTTP front end's port (0: a free one), fixed when an inventory names it;
+        ``xmlrpc_port``: cobblerd's own port (0: a free one; ``XMLRPC_PORT`` for Cobbler's default).
+        """
         self.workdir = Path(workdir).resolve()
         self._wanted_svc_port = svc_port
+        self._wanted_xmlrpc_port = xmlrpc_port
+        self.xmlrpc_port = 0
         self.username = username
         self._password = password
         self.token_expiration = token_expiration
@@ -144,8 +158,8 @@ class CobblerServer:
 
     @property
     def xmlrpc_url(self) -> str:
-        """cobblerd's own XML-RPC port (no front end)."""
-        return f"http://127.0.0.1:{XMLRPC_PORT}/"
+        """cobblerd's own XML-RPC endpoint (no front end); known once started."""
+        return f"http://127.0.0.1:{self.xmlrpc_port}/"
 
     @property
     def svc_url(self) -> str:
@@ -165,19 +179,52 @@ class CobblerServer:
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self, timeout: float = 30) -> CobblerServer:
-        """Lay out a fresh sandbox, start cobblerd and the svc server; wait until both answer."""
+        """Lay out a fresh sandbox, start cobblerd and the svc server; wait until both answer.
+
+        A port picked here (not given) that another process takes before cobblerd binds it is
+        replaced by a fresh one (a few attempts); a given port that is in use is an error.
+        """
         if os.geteuid() != 0:
             raise CobblerLabError("the lab Cobbler needs root (a private mount namespace with overlays)")
-        if _port_busy(XMLRPC_PORT):
-            raise CobblerLabError(
-                f"127.0.0.1:{XMLRPC_PORT} is already in use: another cobblerd is running "
-                "(cobblerd's address is hard-coded; only one can run per machine)"
-            )
+        wanted = (
+            ("cobblerd's XML-RPC", self._wanted_xmlrpc_port),
+            ("Cobbler's front end", self._wanted_svc_port),
+        )
+        for name, port in wanted:
+            if port and _port_busy(port):
+                raise CobblerLabError(f"127.0.0.1:{port} ({name} port) is already in use")
         python = ensure_cobbler_venv()
+        auto = not (self._wanted_xmlrpc_port and self._wanted_svc_port)
+        for attempt in range(3):
+            marks = self._log_marks()
+            free = [p for p in _free_ports(3) if p not in (self._wanted_xmlrpc_port, self._wanted_svc_port)]
+            self.xmlrpc_port = self._wanted_xmlrpc_port or free[0]
+            self.svc_port = self._wanted_svc_port or free[1]
+            try:
+                return self._start_once(python, timeout)
+            except CobblerLabError:
+                if not (auto and attempt < 2 and "Address already in use" in self._log_since(marks)):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _log_files(self) -> tuple[Path, Path]:
+        return self.log_path, self.workdir / "svc.log"
+
+    def _log_marks(self) -> list[int]:
+        return [f.stat().st_size if f.exists() else 0 for f in self._log_files()]
+
+    def _log_since(self, marks: list[int]) -> str:
+        """What cobblerd and the svc server logged after ``marks`` (this attempt only)."""
+        out = []
+        for f, mark in zip(self._log_files(), marks, strict=True):
+            if f.exists():
+                with open(f, "rb") as fh:
+                    fh.seek(mark)
+                    out.append(fh.read().decode(errors="replace"))
+        return "\n".join(out)
+
+    def _start_once(self, python: Path, timeout: float) -> CobblerServer:
         cobblerd = python.parent / "cobblerd"
-        if self._wanted_svc_port and _port_busy(self._wanted_svc_port):
-            raise CobblerLabError(f"127.0.0.1:{self._wanted_svc_port} (Cobbler's front end) is in use")
-        self.svc_port = self._wanted_svc_port or _free_port()
         if self.sandbox.exists():
             shutil.rmtree(self.sandbox)
         self._layout(_purelib(python))
@@ -198,7 +245,7 @@ class CobblerServer:
         # the svc server must see the namespace's /etc/cobbler: join cobblerd's mount namespace
         ns = ["nsenter", "--target", str(self._cobblerd.pid), "--mount", "--"]
         self._svc = subprocess.Popen(
-            [*ns, str(python), "-I", str(SVC_SCRIPT), str(self.svc_port)],
+            [*ns, str(python), "-I", str(SVC_SCRIPT), str(self.svc_port), str(self.xmlrpc_port)],
             stdout=svc_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd="/",
             start_new_session=True,
         )  # fmt: skip
@@ -227,7 +274,7 @@ class CobblerServer:
 
     def log_tail(self, n: int = 40) -> str:
         parts = []
-        for f in (self.log_path, self.workdir / "svc.log"):
+        for f in self._log_files():
             if f.exists():
                 parts.append(f"--- {f} ---\n" + "\n".join(f.read_text(errors="replace").splitlines()[-n:]))
         return "\n".join(parts)
@@ -266,6 +313,12 @@ class CobblerServer:
             (self.sandbox / "work" / t).mkdir(parents=True, exist_ok=True)
         etc, lib, www = up / "etc" / "cobbler", up / "var" / "lib" / "cobbler", up / "var" / "www" / "cobbler"
         shutil.copytree(sp / "etc" / "cobbler", etc)
+        # xmlrpc_port goes into settings.yaml itself: the wheel's /cblr/svc app reads only that file
+        main = etc / "settings.yaml"
+        text, n = re.subn(r"(?m)^xmlrpc_port:.*$", f"xmlrpc_port: {self.xmlrpc_port}", main.read_text())
+        if n != 1:
+            raise CobblerLabError(f"{main}: expected one 'xmlrpc_port:' line to set the port, found {n}")
+        main.write_text(text)
         shutil.copytree(sp / "var" / "lib" / "cobbler", lib)
         shutil.copytree(sp / "var" / "www" / "cobbler", www)
         dirs = [up / "var" / "cache" / "cobbler" / "buildiso"]
@@ -305,6 +358,7 @@ class CobblerServer:
             "manage_dhcp: false\nmanage_dhcp_v4: false\nmanage_dns: false\n"
             "restart_dhcp: false\nrestart_dns: false\n"
             f"http_port: {self.svc_port}\n"
+            f"xmlrpc_port: {self.xmlrpc_port}\n"
             "pxe_just_once: true\n"
             f"auth_token_expiration: {self.token_expiration}\n"
         )

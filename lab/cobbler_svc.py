@@ -4,8 +4,8 @@ Stand-in for the Apache + mod_wsgi front end of a Cobbler server (lab use only).
 *Cobbler's* venv Python inside cobblerd's private mount namespace (it reads
 ``/etc/cobbler/settings.yaml``), binds 127.0.0.1 and imports nothing from qacloud.
 
-Usage: ``python cobbler_svc.py PORT``. ``POST /cobbler_api`` is forwarded to cobblerd's XML-RPC
-port, as Apache's ``ProxyPass /cobbler_api`` does; everything else goes to the wheel's
+Usage: ``python cobbler_svc.py PORT XMLRPC_PORT``. ``POST /cobbler_api`` is forwarded to
+cobblerd's XML-RPC port, as Apache's ``ProxyPass /cobbler_api`` does; everything else goes to the wheel's
 ``var/www/cobbler/svc/services.py`` (``nopxe``, ``autoinstall``, ``list``, ``ipxe``, ``trig``...).
 """
 
@@ -31,15 +31,20 @@ def _load_services():
     return mod
 
 
-def _xmlrpc_url() -> str:
-    with open("/etc/cobbler/settings.yaml") as fh:
-        port = yaml.safe_load(fh).get("xmlrpc_port", 25151)
-    return f"http://127.0.0.1:{port}/"
+SETTINGS = "/etc/cobbler/settings.yaml"
 
 
-def make_app():
+def _check_port(xmlrpc_port: int) -> None:
+    """The wheel's svc app finds cobblerd through ``xmlrpc_port`` in settings.yaml: it must match."""
+    with open(SETTINGS) as fh:
+        port = yaml.safe_load(fh).get("xmlrpc_port")
+    if port != xmlrpc_port:
+        sys.exit(f"cobbler_svc: {SETTINGS}: xmlrpc_port is {port!r}, but cobblerd listens on {xmlrpc_port}")
+
+
+def make_app(xmlrpc_port: int):
     services = _load_services()
-    xmlrpc = _xmlrpc_url()
+    xmlrpc = f"http://127.0.0.1:{xmlrpc_port}/"
 
     def proxy(environ, start_response):
         body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
@@ -74,8 +79,12 @@ class _Handler(WSGIRequestHandler):
 
 
 def main() -> None:
-    port = int(sys.argv[1])
-    httpd = make_server("127.0.0.1", port, make_app(), server_class=_Threaded, handler_class=_Handler)
+    if len(sys.argv) != 3:
+        sys.exit("usage: python cobbler_svc.py PORT XMLRPC_PORT")
+    port, xmlrpc_port = int(sys.argv[1]), int(sys.argv[2])
+    _check_port(xmlrpc_port)
+    app = make_app(xmlrpc_port)
+    httpd = make_server("127.0.0.1", port, app, server_class=_Threaded, handler_class=_Handler)
     print(f"serving /cblr/svc and /cobbler_api on http://127.0.0.1:{port}/", flush=True)
     httpd.serve_forever()
 

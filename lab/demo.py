@@ -16,8 +16,8 @@ the breaking commit was blamed. ``--keep-up`` (CI) keeps everything up after the
 
 Options for running beside other things: ``--var DIR`` (``$QACLOUD_DEMO_VAR``; default
 ``var/demo``) and ``--ports auto`` (``$QACLOUD_DEMO_PORTS``): free ports for the web UI, the
-worker port, try, Cobbler's front end and the BMCs. cobblerd's own XML-RPC port (25151) is
-hard-coded in Cobbler, so only one demo (or Cobbler test) can run per machine.
+worker port, try, Cobbler's front end and the BMCs; cobblerd's own XML-RPC port is always a free
+one (lab/cobbler.py), so a demo runs alongside tests and other Cobblers.
 """
 
 from __future__ import annotations

@@ -49,12 +49,19 @@ def pool_tag(pool: Pool | str) -> str:
 class CobblerClient:
     """Talks to one Cobbler server's XML-RPC API (e.g. ``http://cobbler/cobbler_api``)."""
 
-    def __init__(self, url: str, username: str, password: str, timeout: float = 30) -> None:
+    def __init__(
+        self, url: str, username: str, password: str, timeout: float = 30, concurrency: int = 8
+    ) -> None:
+        """``concurrency``: how many systems are written (or removed) at the same time."""
+        if concurrency < 1:
+            raise ValueError(f"CobblerClient: concurrency must be >= 1, got {concurrency}")
         self.url = url
         self.username = username
         self._password = password
         self.timeout = timeout
+        self.concurrency = concurrency
         self._token: str | None = None
+        self._login_lock = defer.DeferredLock()
         self._agent = Agent(reactor, connectTimeout=timeout)  # non-persistent: nothing left open
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -105,14 +112,24 @@ class CobblerClient:
     async def _authed(self, method: str, *args: Any, what: str, after: tuple = ()) -> Any:
         """A call taking the token after ``args`` (then ``after``); logs in again, once, if it expired."""
         if self._token is None:
-            await self.login()
+            await self._relogin(None)
+        token = self._token
         try:
-            return await self._call(method, *args, self._token, *after, what=what)
+            return await self._call(method, *args, token, *after, what=what)
         except CobblerError as e:
             if "invalid token" not in str(e):
                 raise
-        await self.login()
+        await self._relogin(token)
         return await self._call(method, *args, self._token, *after, what=what)
+
+    async def _relogin(self, stale: str | None) -> None:
+        """Log in unless a concurrent call already replaced the ``stale`` token."""
+        await self._login_lock.acquire()
+        try:
+            if self._token is None or self._token == stale:
+                await self.login()
+        finally:
+            self._login_lock.release()
 
     # -- API ----------------------------------------------------------------------------------
     async def login(self) -> None:
@@ -148,8 +165,10 @@ class CobblerClient:
     async def register_pool(self, pool: Pool) -> list[str]:
         """Create or update one system per host of ``pool``; return their names.
 
-        All-or-nothing for what this call creates: profiles are checked first, and if a host
-        fails, the systems created by this call are removed again before the error is raised.
+        One ``xapi_object_edit`` call per new single-MAC system (all fields, ``eth0`` and the save),
+        systems handled ``concurrency`` at a time. All-or-nothing for what this call creates:
+        profiles are checked first, and if a host fails, no further host is started and the
+        systems created by this call are removed again before the (first) error is raised.
         """
         known = set(await self.profiles())
         for h in pool.hosts:
@@ -159,32 +178,29 @@ class CobblerClient:
                     f"unknown profile {h.profile!r} (Cobbler has: {', '.join(sorted(known)) or 'none'})",
                 )
         existing = set(await self.systems())
+        if self._token is None:
+            await self.login()  # once, before the fan-out
         created: list[str] = []
-        try:
-            for h in pool.hosts:
-                new = h.name not in existing
-                await self._save_system(pool, h, new)
-                if new:
-                    created.append(h.name)
-        except CobblerError:
-            for name in created:
-                try:
-                    await self._authed("remove_system", name, what=f"roll back system {name}")
-                except CobblerError:
-                    pass  # the original error is the one to report
-            raise
+
+        async def save(h: Host) -> None:
+            await self._save_system(pool, h, h.name not in existing, created)
+
+        errors = await self._fan_out([lambda h=h: save(h) for h in pool.hosts])
+        if errors:
+            await self._fan_out(
+                [lambda n=n: self._authed("remove_system", n, what=f"roll back system {n}") for n in created],
+                fail_fast=False,
+            )  # best effort: the original error is the one to report
+            raise errors[0]
         return [h.name for h in pool.hosts]
 
-    async def _save_system(self, pool: Pool, h: Host, new: bool) -> None:
+    async def _save_system(self, pool: Pool, h: Host, new: bool, created: list[str]) -> None:
+        """``add`` (or ``edit``) the system with every field and ``eth0`` in one call; extra
+        interfaces are one ``edit`` each, and interfaces the inventory dropped one delete each."""
         what = f"system {h.name} (pool {pool.name})"
-        if new:
-            handle = await self._authed("new_system", what=what)
-            await self._authed("modify_system", handle, "name", h.name, what=what)
-            current: dict = {}
-        else:
-            handle = await self._authed("get_system_handle", h.name, what=what)
-            current = await self.get_system(h.name) or {}
+        wanted = _interfaces(pool, h)
         fields = {
+            "name": h.name,
             "profile": h.profile,
             "hostname": h.name,
             "comment": pool_tag(pool),
@@ -196,22 +212,54 @@ class CobblerClient:
             "power_pass": "",
             "power_options": f"ipport={h.bmc.port}\nlanplus=1",
         }
-        for key, value in fields.items():
-            await self._authed("modify_system", handle, key, value, what=f"{what}: set {key}")
-        wanted = _interfaces(pool, h)
-        for ifname in set(current.get("interfaces", {})) - set(wanted):
-            await self._authed("modify_system", handle, "delete_interface", ifname, what=f"{what}: {ifname}")
-        for ifname, attrs in wanted.items():
-            values = {f"{k}-{ifname}": v for k, v in attrs.items()}
-            await self._authed("modify_system", handle, "modify_interface", values, what=f"{what}: {ifname}")
-        await self._authed("save_system", handle, what=what, after=("new" if new else "edit",))
+        first, *rest = wanted.items()
+        edit = "add" if new else "edit"
+        if not new:
+            current = await self.get_system(h.name) or {}
+            for ifname in sorted(set(current.get("interfaces", {})) - set(wanted)):
+                attrs = {"interface": ifname, "delete_interface": True}
+                await self._xedit(h.name, "edit", attrs, what=f"{what}: delete interface {ifname}")
+        await self._xedit(h.name, edit, {**fields, "interface": first[0], **first[1]}, what=what)
+        if new:
+            created.append(h.name)
+        for ifname, attrs in rest:
+            await self._xedit(h.name, "edit", {"interface": ifname, **attrs}, what=f"{what}: {ifname}")
+
+    async def _xedit(self, name: str, edit: str, attrs: dict[str, Any], what: str) -> None:
+        await self._authed("xapi_object_edit", "system", name, edit, attrs, what=what)
+
+    async def _fan_out(self, jobs: list, fail_fast: bool = True) -> list[BaseException]:
+        """Run ``jobs`` (async callables), at most ``concurrency`` at a time; return what they
+        raised (``CobblerError``, or a cancellation), in job order. ``fail_fast``: after an
+        error, jobs not yet started are skipped."""
+        sem = defer.DeferredSemaphore(self.concurrency)
+        failed = False
+
+        async def one(job) -> None:
+            nonlocal failed
+            if failed:
+                return
+            try:
+                await job()
+            except BaseException:
+                failed = fail_fast
+                raise
+
+        ds = [sem.run(lambda job=job: defer.ensureDeferred(one(job))) for job in jobs]
+        results = await defer.DeferredList(ds, consumeErrors=True)
+        return [value.value for ok, value in results if not ok]
 
     async def remove_stale(self, pool: Pool | str, keep_names) -> list[str]:
         """Remove the systems tagged with ``pool`` that are not in ``keep_names``; return them."""
         keep = set(keep_names)
         stale = [n for n in await self.systems(pool) if n not in keep]
-        for name in stale:
-            await self._authed("remove_system", name, what=f"remove stale system {name}")
+        if stale and self._token is None:
+            await self.login()
+        errors = await self._fan_out(
+            [lambda n=n: self._authed("remove_system", n, what=f"remove stale system {n}") for n in stale]
+        )
+        if errors:
+            raise errors[0]
         return stale
 
     async def remove_pool(self, pool: Pool | str) -> list[str]:
@@ -267,19 +315,20 @@ def _read_body(response) -> defer.Deferred:
 
 
 def _interfaces(pool: Pool, h: Host) -> dict[str, dict[str, Any]]:
-    """eth0 carries the provisioning MAC, IP and DNS name; further MACs become eth1, eth2..."""
+    """eth0 carries the provisioning MAC, IP and DNS name; further MACs become eth1, eth2...
+    (keys: Cobbler's ``NetworkInterface`` fields, as ``xapi_object_edit`` takes them)."""
     netmask = pool.network.netmask or str(ipaddress.ip_network(pool.network.subnet).netmask)
     ifaces: dict[str, dict[str, Any]] = {
         "eth0": {
-            "macaddress": h.mac,
-            "ipaddress": h.ip,
+            "mac_address": h.mac,
+            "ip_address": h.ip,
             "netmask": netmask,
-            "dnsname": h.name,
+            "dns_name": h.name,
             "static": True,
         }
     }
     for i, mac in enumerate(h.macs[1:], start=1):
-        ifaces[f"eth{i}"] = {"macaddress": mac.lower(), "ipaddress": "", "dnsname": "", "static": False}
+        ifaces[f"eth{i}"] = {"mac_address": mac.lower(), "ip_address": "", "dns_name": "", "static": False}
     return ifaces
 
 

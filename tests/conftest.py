@@ -7,8 +7,8 @@ import secrets
 import pytest
 
 # --- Cobbler (lab/cobbler.py) -------------------------------------------------------------------
-# One real cobblerd per test module (its XML-RPC port 25151 is hard-coded, so only one can run
-# at a time; module scope frees the port for tests that start their own, like the demo's).
+# One real cobblerd per test module, on free ports (any number run side by side: parallel test
+# runs, the demo, the bench); use ``cobbler_server.url``/``xmlrpc_url``, never a fixed port.
 # Profiles every inventory in the tests uses exist; tests that need others call
 # ``cobbler_server.ensure_profiles([...])``. Use unique system/pool names per test.
 

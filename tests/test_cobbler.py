@@ -14,12 +14,12 @@ from twisted.trial import unittest
 
 from master.inventory import Pool, load_inventory
 from steps.cobbler import POWER_TYPE, CobblerClient, CobblerError, pool_tag
-from tests.support.procs import free_port, simple_pool, write_inventory
+from tests.support.procs import free_port, simple_pool, wait_for, write_inventory
 
 
-def make_pool(tmp: Path, name: str, index: int, edit=None) -> Pool:
-    """A real, validated inventory Pool (1 management server + 2 KVM hosts)."""
-    raw = simple_pool(name, index)
+def make_pool(tmp: Path, name: str, index: int, edit=None, hypervisors: int = 2) -> Pool:
+    """A real, validated inventory Pool (1 management server + ``hypervisors`` KVM hosts)."""
+    raw = simple_pool(name, index, hypervisors=hypervisors)
     if edit:
         edit(raw)
     return load_inventory(write_inventory(tmp / f"{name}.yaml", [raw])).pool(name)
@@ -218,6 +218,73 @@ class CobblerClientTest(unittest.TestCase):
         self.assertIsNone(self.server.get_system("rb-mgmt"))
         self.assertIsNotNone(self.server.get_system("foreign"))
 
+    def _api_calls(self) -> int:
+        """XML-RPC calls so far, as Cobbler's front end logged them (one line per request)."""
+        return (self.server.workdir / "svc.log").read_text().count('"POST /cobbler_api ')
+
+    def _assert_calls_since(self, before: int, expected: int) -> None:
+        # the front end logs a request just after answering it: wait for the last lines
+        wait_for(lambda: self._api_calls() - before >= expected, 5, f"{expected} logged calls")
+        self.assertEqual(self._api_calls() - before, expected)
+
+    async def test_register_is_one_call_per_new_system(self):
+        pool = make_pool(self.tmp, "oc", 38, hypervisors=9)
+        self.addCleanup(self._cleanup_pool, pool)
+        c = self.client(concurrency=4)
+        start = self._api_calls()
+        await c.login()
+        names = await c.register_pool(pool)
+        # login; profiles + system names, then one xapi_object_edit per system (fields, eth0, save)
+        self._assert_calls_since(start, 1 + 2 + 10)
+        self.assertEqual(sorted(await c.systems(pool)), sorted(names))
+        self.assertEqual(self.server.get_system("oc-kvm9")["interfaces"]["eth0"]["ip_address"], "127.0.38.19")
+        # an unchanged re-registration: get_system + one edit per system
+        await c.register_pool(pool)
+        self._assert_calls_since(start, 13 + 1 + 2 + 2 * 10)
+
+    async def test_concurrent_failure_rolls_back_everything_it_created(self):
+        api = xmlrpc.client.ServerProxy(self.server.xmlrpc_url, allow_none=True)
+        tok = api.login(self.server.username, self.server.password)
+        # a foreign system owns kvm5's MAC: kvm5 fails while other systems are being written
+        foreign = {"name": "foreign2", "profile": "qacloud-kvm", "mac_address": "52:54:00:27:00:0f",
+                   "interface": "eth0"}  # fmt: skip
+        api.xapi_object_edit("system", "foreign2", "add", foreign, tok)
+        self.addCleanup(lambda: api.remove_system("foreign2", tok))
+        pool = make_pool(self.tmp, "cf", 39, hypervisors=11)
+        self.addCleanup(self._cleanup_pool, pool)
+        c = self.client(concurrency=3)
+        with self.assertRaises(CobblerError) as cm:
+            await c.register_pool(pool)
+        self.assertIn("system cf-kvm5 (pool cf)", str(cm.exception))
+        self.assertIn("52:54:00:27:00:0f", str(cm.exception))
+        self.assertEqual(await c.systems(pool), [])
+        self.assertEqual([n for n in self.server.system_names() if n.startswith("cf-")], [])
+        self.assertIsNotNone(self.server.get_system("foreign2"))
+
+    async def test_concurrent_calls_share_one_relogin(self):
+        pool = make_pool(self.tmp, "rl", 40, hypervisors=5)
+        self.addCleanup(self._cleanup_pool, pool)
+        c = self.client(concurrency=6)
+        await c.login()
+        api = xmlrpc.client.ServerProxy(self.server.xmlrpc_url, allow_none=True)
+        api.logout(c._token)
+        logins = []
+        real_login = c.login
+
+        async def counting_login():
+            logins.append(1)
+            await real_login()
+
+        c.login = counting_login
+        await c.register_pool(pool)  # six systems written at once, all with the dead token at first
+        self.assertEqual(len(logins), 1)
+        self.assertEqual(len(await c.systems(pool)), 6)
+
+    def test_concurrency_must_be_positive(self):
+        with self.assertRaises(ValueError) as cm:
+            self.client(concurrency=0)
+        self.assertIn("concurrency must be >= 1, got 0", str(cm.exception))
+
     async def test_relogin_after_token_expiry(self):
         c = self.client()
         await c.login()
@@ -225,3 +292,43 @@ class CobblerClientTest(unittest.TestCase):
         api.logout(c._token)  # what expiry does: the token is no longer valid
         await c.sync()  # logs in again transparently
         self.assertTrue(api.token_check(c._token))
+
+
+def test_two_cobbler_servers_run_side_by_side(cobbler_server, tmp_path):
+    """Each lab Cobbler has its own free XML-RPC and front-end ports and its own data."""
+    from lab.cobbler import CobblerServer
+
+    other = CobblerServer(tmp_path / "other", password="other-pw").start()
+    try:
+        assert other.xmlrpc_port != cobbler_server.xmlrpc_port and other.url != cobbler_server.url
+        assert other.xmlrpc_port not in (25151, other.svc_port)
+        other.ensure_profiles(["qacloud-mgmt"])
+        # a system added through the second front end exists only in the second cobblerd
+        api = xmlrpc.client.ServerProxy(other.url, allow_none=True)
+        tok = api.login(other.username, other.password)
+        api.xapi_object_edit(
+            "system", "only-other", "add", {"name": "only-other", "profile": "qacloud-mgmt"}, tok
+        )
+        assert other.system_names() == ["only-other"]
+        assert "only-other" not in cobbler_server.system_names()
+        # each /cblr/svc app talks to its own cobblerd (it reads xmlrpc_port from settings.yaml)
+        with urllib.request.urlopen(f"{other.svc_url}/op/list/what/systems", timeout=10) as r:
+            assert r.read().split() == [b"only-other"]
+        with urllib.request.urlopen(f"{cobbler_server.svc_url}/op/list/what/systems", timeout=10) as r:
+            assert b"only-other" not in r.read().split()
+    finally:
+        other.stop()
+    assert not other.running
+    assert cobbler_server.get_system("only-other") is None and cobbler_server.running
+
+
+def test_a_given_port_in_use_is_a_clear_error(cobbler_server, tmp_path):
+    from lab.cobbler import CobblerLabError, CobblerServer
+
+    taken = CobblerServer(tmp_path / "taken", xmlrpc_port=cobbler_server.xmlrpc_port)
+    with pytest.raises(
+        CobblerLabError,
+        match=rf"127\.0\.0\.1:{cobbler_server.xmlrpc_port} \(cobblerd's XML-RPC port\) is already in use",
+    ):
+        taken.start()
+    assert not taken.running

@@ -149,11 +149,15 @@ def test_demo_ci_run(tmp_path: Path) -> None:
     assert {"lab", "cobblerd", "cobbler-svc", "master", "worker-pool1-qavm", "worker-pool2-qavm"} <= set(pids)
     assert [n for n, pid in pids.items() if _alive(pid)] == []
     cobbler_port = int(inventory["pools"][0]["cobbler"]["url"].split(":")[2].split("/")[0])
+    # cobblerd's own (free) XML-RPC port, as the demo's Cobbler sandbox settings name it
+    cobbler_settings = paths.lab / "cobbler" / "sandbox" / "upper" / "etc" / "cobbler" / "settings.yaml"
+    xmlrpc_port = yaml.safe_load(cobbler_settings.read_text())["xmlrpc_port"]
+    assert xmlrpc_port not in (25151, cobbler_port), xmlrpc_port
     for port in (
         settings["www"]["port"],
         settings["workers"]["port"],
         settings["try"]["port"],
-        25151,
+        xmlrpc_port,
         cobbler_port,
     ):
         assert not _tcp_open(port), port

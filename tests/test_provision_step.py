@@ -40,7 +40,7 @@ class ProvisionStepInput(TestBuildStepMixin, TestReactorMixin, unittest.TestCase
         self.expect_outcome(result=FAILURE)
         self.expect_property(
             "infra_failure",
-            "Cobbler at http://127.0.0.1:25151/cobbler_api: "
+            f"Cobbler at {self.inventory.pool('pool1').cobbler.url}: "
             "secret 'cobbler' is missing from the secrets directory",
         )
         return self.run_step()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from lab.pools import NO_COBBLER_URL, simple_pool  # noqa: F401  (re-exported: tests import them from here)
 from lab.secrets import write_secrets
 from master.inventory import load_inventory
 
@@ -174,54 +175,6 @@ class Postgres:
 def write_inventory(path: Path, pools: list[dict]) -> Path:
     path.write_text(yaml.safe_dump({"lab": "test lab", "pools": pools}, sort_keys=False))
     return path
-
-
-def simple_pool(
-    name: str,
-    index: int,
-    bmc_ports: list[int] | None = None,
-    ssh_port: int = 22,
-    cobbler_url: str = "http://127.0.0.1:25151/cobbler_api",
-) -> dict:
-    """A pool of 1 management server + 2 KVM hosts on 127.0.<index>.0/24."""
-    net = f"127.0.{index}"
-    ports = bmc_ports or [16000 + index * 10 + i for i in range(3)]
-
-    def host(hname, last, port, hv=None):
-        h = {
-            "name": f"{name}-{hname}",
-            "macs": [f"52:54:00:{index:02x}:00:{last:02x}"],
-            "ip": f"{net}.{last}",
-            "profile": "qacloud-kvm" if hv else "qacloud-mgmt",
-            "ssh_port": ssh_port,
-            "bmc": {
-                "address": "127.0.0.1",
-                "port": port,
-                "username": "admin",
-                "password_secret": f"bmc-{name}",
-            },
-        }
-        if hv:
-            h["hypervisor"] = hv
-        return h
-
-    return {
-        "name": name,
-        "worker": f"{name}-qavm",
-        "network": {
-            "subnet": f"{net}.0/24",
-            "gateway": f"{net}.1",
-            "vlans": "100-199",
-            "http_proxy": f"http://{net}.2:3128",
-        },
-        "storage": {
-            "primary": f"nfs://{net}.2/export/primary",
-            "secondary": f"nfs://{net}.2/export/secondary",
-        },
-        "cobbler": {"url": cobbler_url, "username": "cobbler", "password_secret": "cobbler"},
-        "management": host("mgmt", 10, ports[0]),
-        "hypervisors": [host("kvm1", 11, ports[1], "kvm"), host("kvm2", 12, ports[2], "kvm")],
-    }
 
 
 @dataclass
