@@ -30,3 +30,20 @@ def cobbler_server(tmp_path_factory):
 
 
 # --- end Cobbler ---------------------------------------------------------------------------------
+
+
+# --- trial TestCases (Buildbot's step/scheduler harnesses) ---------------------------------------
+# ``twisted.trial`` TestCases create their ``mktemp()`` directories relative to the working
+# directory: run them in the test's own tmp_path so nothing lands in the checkout.
+
+
+@pytest.fixture(autouse=True)
+def _trial_tests_in_tmp_path(request, tmp_path, monkeypatch):
+    from twisted.trial.unittest import SynchronousTestCase
+
+    if isinstance(request.instance, SynchronousTestCase):
+        monkeypatch.chdir(tmp_path)
+    yield
+
+
+# --- end trial TestCases -------------------------------------------------------------------------
