@@ -51,6 +51,7 @@ PRIOR_CULPRIT_RATE = 0.05  # share of commits breaking the BVT before any blame 
 PRIOR_WEIGHT = 20  # ... worth this many commits of observation
 SPECULATE_WHEN = 0.5  # speculate when P(the untested batch fails) reaches this
 STILL_FAILING_TIPS = 2  # commits after a blame failing its tests before alerting a busy gate
+REALERT_TIPS = 3  # commits after an alert failing the same tests before alerting again
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class PolicyConfig:
     speculate: bool = True  # idle pools pre-test prefix points while the tip is under test
     culprit_action: str = "hold"  # "hold" or "revert"
     cancel_useless_runs: bool = True  # cancel runs whose result can no longer change a decision
+    hold_hopeless_tips: bool = True  # behind a block: test a new tip only when it may hold a fix
+    overlap_confirmation: bool = True  # spare pools of a bisect round re-run the failing top
 
     def __post_init__(self) -> None:
         if self.culprit_action not in ("hold", "revert"):
@@ -91,6 +94,7 @@ def _empty_state() -> dict[str, Any]:
         "blocked_to": None,  # the highest commit known to contain it
         "blocked_tests": [],  # tests the blamed culprits of the block break
         "groups": [],  # per blame: {culprit, tests, tip (staging tip at blame), fixed (sha|None)}
+        "marks": [],  # staging tip at each blame/alert: commits above one may hold a fix
         "retries": [],  # [{commit, tests, avoid}]
         "inconclusive": {},  # sha -> count
         "stalled": [],  # shas whose retries are exhausted
@@ -117,6 +121,7 @@ class GatePolicy:
         s.setdefault("groups", [])  # (states saved before groups existed)
         s.setdefault("parent_results", [])  # (... before parent runs existed)
         s.setdefault("parent_inconclusive", 0)
+        s.setdefault("marks", [])  # (... before round 5)
         self._s = s
         self._index = {c: i for i, c in enumerate(s["candidates"])}
         self._parent_wanted: set[str] = set()  # per plan: tests to ask master about
@@ -313,6 +318,64 @@ class GatePolicy:
     def _alert(self, out: list[Action], kind: str, message: str, commit: str = "") -> None:
         out.append(Alert(kind, message, commit))
         self._push(self._s["alerts"], {"kind": kind, "message": message, "commit": commit})
+        self._mark(human=True)
+
+    def _mark(self, human: bool) -> None:
+        """Someone was told (a blame, or an alert: ``human``): a commit pushed from now on
+        may be a revert or fix."""
+        s = self._s
+        if s["candidates"]:
+            self._push(s["marks"], {"tip": s["candidates"][-1], "human": human})
+
+    def _hopeful(self, good: int, tip: int) -> bool:
+        """Behind a block, can a run of the tip pass? Not while the highest known failure j
+        below it is unrepaired: no commit above j passed j's failing tests, and no blame or
+        alert was made while j was on staging (only those make someone push a revert or fix).
+        A human's fix takes a while, so after an alert new tips stay worth testing until
+        ``REALERT_TIPS`` of them failed. A hopeless run can only fail: its pool is better
+        spent on the hunt for the culprit."""
+        s, cand = self._s, self._s["candidates"]
+        failing = sorted(
+            i
+            for sha in s["results"]
+            if good < (i := self._index.get(sha, -1)) < tip and self._status(sha) == "F"
+        )
+        if not failing:
+            return True
+        j = failing[-1]
+        for m in s["marks"]:
+            mi = self._index.get(m["tip"], -1)
+            if j <= mi < tip or (m["human"] and j <= mi == tip):
+                return True  # (what a blame's revert fixes lies above the tip at the blame)
+            if m["human"] and mi >= 0 and sum(1 for i in failing if i > mi) < REALERT_TIPS:
+                return True
+        failed = {
+            t
+            for r in s["results"][cand[j]]
+            if r["outcome"] == "fail" and not r["flake"]
+            for t in r["failed_tests"]
+        }
+        if not failed:
+            return True  # unknown failing tests: nothing to reason with
+        return any(
+            j < self._index.get(sha, -1) <= tip and self._evidence(rs, failed) == "pass"
+            for sha, rs in s["results"].items()
+        )
+
+    def _hope_in_flight(self, good: int, tip: int) -> bool:
+        """A full run is in flight above the highest known failure below ``tip``."""
+        s = self._s
+        j = max(
+            (
+                i
+                for sha in s["results"]
+                if good < (i := self._index.get(sha, -1)) < tip and self._status(sha) == "F"
+            ),
+            default=good,
+        )
+        return any(
+            r["tests"] is None and j < self._index.get(r["commit"], -1) < tip for r in s["runs"].values()
+        )
 
     @staticmethod
     def _push(lst: list, item: dict) -> None:
@@ -631,29 +694,40 @@ class GatePolicy:
         """Never stall silently behind a block. A blamed culprit whose tests still fail at a
         commit pushed after its blame (a revert, a fix that did not fix it, or a second culprit
         breaking the same tests, masked in its span) needs a human: the gate cannot tell where a
-        fix landed or isolate the masked one. Alert once per blame (the episode ends when a
-        commit passes its tests, or the block clears), when ``STILL_FAILING_TIPS`` newer
-        commits fail them, or at once when the gate has nothing left in flight."""
+        fix landed or isolate the masked one. Alert when ``STILL_FAILING_TIPS`` newer commits
+        fail them, or at once when the gate has nothing left in flight; the episode ends when a
+        commit passes its tests, or the block clears. Again (naming the new top) when
+        ``REALERT_TIPS`` commits pushed after the alert still fail them (e.g. a culprit breaking
+        the same tests landed below the developers' fix); new tips stay tested until then."""
         s, cand = self._s, self._s["candidates"]
         for g in groups:
-            if g["fixed"] is not None or g.get("masked") or g.get("alerted"):
-                continue
+            since = g.get("alerted")
+            if g["fixed"] is not None or since is True or (g.get("masked") and since is None):
+                continue  # (True, or masked without a tip: states saved before re-alerts)
             tests, ci = set(g["tests"]), self._index[g["culprit"]]
             after = max(self._index.get(g["tip"], ci), ci)
+            if since is not None:
+                after = max(after, self._index.get(since, -1))
             failing = sorted(
                 i
                 for sha, rs in s["results"].items()
                 if (i := self._index.get(sha, -1)) > after and self._evidence(rs, tests) == "fail"
             )
-            if not failing or (len(failing) < STILL_FAILING_TIPS and not idle):
+            if since is None:
+                due = len(failing) >= STILL_FAILING_TIPS or (failing and idle)
+            else:
+                due = len(failing) >= REALERT_TIPS
+            if not due:
                 continue
-            g["alerted"] = True
+            g["alerted"] = cand[-1]
             a, top = g["culprit"], cand[failing[-1]]
+            again = " (again: commits pushed after the last alert fail them too)" if since else ""
             self._alert(
                 out,
                 "still-failing",
                 f"{', '.join(g['tests'][:5])} still fail(s) at {len(failing)} commit(s) pushed after"
-                f" {a[:12]} was blamed, up to {top[:12]}: commits {a[:12]}..{top[:12]} stay blocked;"
+                f" {a[:12]} was {'last alerted about' if since else 'blamed'}, up to {top[:12]}{again}:"
+                f" commits {a[:12]}..{top[:12]} stay blocked;"
                 " a revert or fix did not repair it, or another commit in that range breaks the"
                 " same tests (masked, the gate cannot isolate it); a fix on staging unblocks them",
                 top,
@@ -744,6 +818,12 @@ class GatePolicy:
             wanted = i is not None and i > good
             if wanted and bad is not None:
                 wanted = i < bad or (i == bad and i == good + 1)
+            if wanted:  # a pass covering its tests came in meanwhile: nothing left to ask
+                rs = s["results"].get(r["commit"], [])
+                covered = any(x["outcome"] == "pass" and x["tests"] is None for x in rs) or (
+                    r["tests"] is not None and self._evidence(rs, set(r["tests"])) == "pass"
+                )
+                wanted = not covered
             if wanted and (r["commit"] not in busy or i == bad) and r["commit"] not in stalled:
                 if not free:
                     keep.append(r)
@@ -765,13 +845,20 @@ class GatePolicy:
                 for r in rs
             )
             fresh = cand[tip] not in busy and cand[tip] not in stalled and not tip_known
-            if fresh:  # work-conserving: an idle pool tests a new tip at once
+            if fresh and cfg.hold_hopeless_tips:
+                fresh = self._hopeful(good, tip)
+            # the first run that may pass goes first; another one (a newer tip while an older
+            # hopeful one still runs) only gets a pool the hunt for culprits leaves free
+            later = fresh and self._hope_in_flight(good, tip)
+            if fresh and not later:  # work-conserving: an idle pool tests a new tip at once
                 self._start(cand[tip], free.pop(0), "tip", None, out)
                 busy.add(cand[tip])
             self._hunt(good, free, busy, stalled, out)
             self._start_parent_runs(free, out)
             if free:
                 self._probe_fixes(self._update_groups(), free, busy, out)
+            if later and free:
+                self._start(cand[tip], free.pop(0), "tip", None, out)
             return
 
         if bad is None:  # work-conserving: an idle pool tests an untested tip at once; the
@@ -794,6 +881,14 @@ class GatePolicy:
                 self._start(sha, free.pop(0), "confirm", tests, out)
             return
         self._probe(good, bad, free, "bisect", tests, usable, out)
+        if cfg.overlap_confirmation and free:  # spare pools: confirm the failing top meanwhile
+            sha = cand[bad]
+            fails = sum(1 for r in s["results"][sha] if r["outcome"] == "fail")
+            running = sum(1 for r in s["runs"].values() if r["commit"] == sha)
+            for _ in range(max(0, 1 + cfg.confirmations - fails - running)):
+                if not free or sha in stalled:
+                    break
+                self._start(sha, free.pop(0), "confirm", tests, out)
 
     def culprit_rate(self) -> float:
         """Estimated share of culprits among commits: blames against commits resolved so far
@@ -859,6 +954,7 @@ class GatePolicy:
             {"culprit": culprit, "tests": sorted(tests), "tip": s["candidates"][-1], "fixed": None}
         )
         s["retries"] = []
+        self._mark(human=False)
 
     def _update_groups(self) -> list[dict]:
         """Drop groups whose culprit left staging; mark a group fixed at the lowest commit
@@ -892,7 +988,7 @@ class GatePolicy:
             if r <= self._index[g["culprit"]] or r >= len(cand):
                 continue
             if self._evidence(self._s["results"].get(cand[r], []), set(g["tests"])) == "fail":
-                g["masked"] = True
+                g["masked"], g["alerted"] = True, cand[-1]
                 a = g["culprit"]
                 self._alert(
                     out,
@@ -943,11 +1039,23 @@ class GatePolicy:
 
     def _hunt(self, good: int, free: list[str], busy: set[str], stalled: set[str], out: list[Action]) -> None:
         """Behind a block: a failure the blamed culprits do not explain (a second culprit,
-        masked until now) is bisected on its own tests, above the last commit passing them."""
-        while self._hunt_once(good, free, busy, stalled, out):
-            pass
+        masked until now) is bisected on its own tests, above the last commit passing them.
+        Failures of other tests are hunted at the same time on the pools left (each its own
+        culprit: no need to wait for the first one's blame and revert)."""
+        hunted: set[str] = set()
+        while True:
+            acted, tests = self._hunt_once(good, free, busy, stalled, out, hunted)
+            if acted:
+                hunted = set()  # blamed or alerted: the groups changed, look again
+            elif not tests or not free:
+                return
+            else:
+                hunted |= tests
 
-    def _hunt_once(self, good: int, free: list[str], busy: set[str], stalled: set[str], out: list) -> bool:
+    def _hunt_once(
+        self, good: int, free: list[str], busy: set[str], stalled: set[str], out: list, exclude: set[str]
+    ) -> tuple[bool, set[str]]:
+        """One hunt (the lowest failure of tests outside ``exclude``): (blamed or alerted, its tests)."""
         s, cfg = self._s, self.config
         cand = s["candidates"]
         groups = self._update_groups()
@@ -957,12 +1065,12 @@ class GatePolicy:
             if i <= good or (h >= 0 and i >= h):
                 continue
             extra = {t for r in rs if r["outcome"] == "fail" for t in r["failed_tests"]}
-            extra -= self._explained_at(i, groups)
+            extra -= self._explained_at(i, groups) | exclude
             if extra and self._evidence(rs, extra) == "fail":
                 h, hunted = i, extra
 
         if h < 0:
-            return False
+            return False, set()
 
         def evidence(i: int, rs: list[dict]) -> str | None:
             own = hunted - self._explained_at(i, groups)  # masked tests say nothing here
@@ -986,8 +1094,8 @@ class GatePolicy:
                 shown = self._tests_passed(cand[good]) if good >= 0 else self._master_shown()
             if shown is not None and not hunted <= set(shown) and good < 0:
                 if self._check_master(hunted - set(shown), sha, out):
-                    return True
-                return False  # asking master first (parent runs)
+                    return True, hunted
+                return False, hunted  # asking master first (parent runs)
             if shown is not None and not hunted <= set(shown):
                 self._alert(
                     out,
@@ -997,7 +1105,7 @@ class GatePolicy:
                     sha,
                 )
                 self._block(sha, tests)
-                return True
+                return True, hunted
             fails = [
                 r for r in s["results"][sha] if r["outcome"] == "fail" and set(r["failed_tests"]) & hunted
             ]
@@ -1013,20 +1121,20 @@ class GatePolicy:
                 if cfg.culprit_action == "revert":
                     out.append(Revert(sha))
                 self._block(sha, tests)
-                return True
+                return True, hunted
             running = sum(1 for r in s["runs"].values() if r["commit"] == sha)
             for _ in range(max(0, 1 + cfg.confirmations - len(fails) - running)):
                 if not free or sha in stalled:
                     break
                 self._start(sha, free.pop(0), "confirm", tests, out)
-            return False
+            return False, hunted
 
         def usable(i: int) -> bool:
             c = cand[i]
             return c not in busy and c not in stalled and evidence(i, s["results"].get(c, [])) is None
 
         self._probe(lo, hi, free, "bisect", tests, usable, out)
-        return False
+        return False, hunted
 
     def _probe(self, lo: int, hi: int, free: list[str], kind: str, tests, usable, out: list[Action]) -> None:
         """Start runs on ``free`` pools at prefix points in (lo, hi), splitting the interval,

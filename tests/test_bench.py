@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 
 import pytest
@@ -11,9 +12,9 @@ from twisted.trial.unittest import TestCase as TrialTestCase
 from bench import hotpaths
 from bench.gate_sim import crn
 from bench.gate_sim.cli import main
-from bench.gate_sim.metrics import runs_limit, throughput_limit
+from bench.gate_sim.metrics import runs_limit, slope, sustainable, throughput_limit
 from bench.gate_sim.policies import POLICIES, RefPolicy
-from bench.gate_sim.sim import Scenario, Simulator, simulate
+from bench.gate_sim.sim import SUITE, Scenario, Simulator, simulate
 from bench.gate_sim.trace import TraceError, dump_trace, generate, load_trace, parse_trace
 from schedulers.events import Alert, Promote, StagingUpdated
 
@@ -186,7 +187,68 @@ def test_the_alerted_commit_comes_from_the_alert_field_and_the_message_is_only_a
         sim._arrive(trace[0])
         sim._schedule_human_fix(alert)
         assert sim.human_fixed == {"x3"}, alert
-        assert [(t, kind, c) for t, _, kind, c in sim._heap] == [(SC.fix_delay_hours, "fix", "x3")]
+        assert [(t, kind, c) for t, _, kind, c in sim._heap] == [(SC.fix_delay_hours, "fix", ("x3",))]
+
+
+def test_a_filtered_run_takes_the_setup_share_plus_the_share_of_the_tests_it_runs():
+    """CRN kept: the same draw as the full run, scaled to setup + (1 - setup) x tests/suite."""
+    trace = parse_trace('{"id": "a", "arrival_ts": 0, "is_culprit": false}\n')
+    sc = Scenario(setup_fraction=0.4)
+    sim = Simulator(trace, sc, PromotesUntested(sc.pool_names), 5, "p")
+    full = sim.duration("a", 0, None)
+    assert 1.0 <= full <= 3.0
+    assert sim.duration("a", 0, ("test_03",)) == pytest.approx(full * (0.4 + 0.6 / 40))
+    assert sim.duration("a", 0, SUITE[:20]) == pytest.approx(full * 0.7)
+    assert sim.duration("a", 0, SUITE) == pytest.approx(full)
+    assert Simulator(trace, Scenario(setup_fraction=0.0), None, 5, "p").duration("a", 0, ("x",)) == 0
+    # the gate's bisection and confirmation runs are filtered, so they are shorter in the bench
+    trace = generate(200, 1.0, 0.05, seed=4)
+    sim = Simulator(trace, SC, POLICIES["qacloud"](SC, trace), 4, "qacloud")
+    sim.run()
+    filtered = [r for r in sim.runs.values() if r.kind in ("bisect", "confirm") and r.cancelled_at is None]
+    assert filtered and all(r.end - r.start <= 3.0 * (0.4 + 0.6 * 3 / 40) + 1e-9 for r in filtered)
+
+
+def test_a_reference_policy_alerts_a_failing_span_instead_of_blaming_an_innocent():
+    """a0 and x2 break different tests; x1 is blamed and reverted, but the span x1..revert
+    still holds x2, which a pass/fail policy cannot isolate (every tree there holds x1): it
+    re-runs the span once, then alerts naming its top; the developers' one fix of x2 closes
+    the span, which passes and is promoted. Nobody innocent is blamed."""
+    trace = parse_trace(
+        "".join(
+            f'{{"id": "{c}", "arrival_ts": {60 * n}, "is_culprit": {str(c.startswith("x")).lower()}}}\n'
+            for n, c in enumerate(["a0", "x1", "b2", "x3", "b4"])
+        )
+    )
+    sc = Scenario(flake_rate=0.0, pools=1)
+    for name in ("R0-serial", "R3-mergify"):
+        sim = Simulator(trace, sc, POLICIES[name](sc, trace), 1, name)
+        alerts: list = []
+        handle = sim.policy.handle
+
+        def spy(ev, handle=handle, alerts=alerts):
+            acts = handle(ev)
+            alerts.extend(a for a in acts if isinstance(a, Alert))
+            return acts
+
+        sim.policy.handle = spy
+        res = sim.run()
+        assert res.false_rejections == 0, name
+        assert (res.culprits_missed, res.unpromoted, res.master_breakage) == (0, 0, 0), name
+        assert len(alerts) == 1 and alerts[0].kind == "still-failing", (name, alerts)
+        fixes = [c for c in sim.staging if c.startswith("fix-")]
+        assert len(fixes) == 1 and fixes[0].startswith("fix-x3@"), (name, fixes)
+        assert sim.master == len(sim.staging) - 1, name  # everything promoted in the end
+
+
+def test_lambda_star_needs_a_flat_latency_trend_a_bounded_p95_and_everything_promoted():
+    ok = {"latency_slope": 0.0, "latency_p95": 5.0, "unpromoted_frac": 0.0}
+    rows = {1.0: ok, 2.0: ok, 3.0: {**ok, "latency_p95": 30.0}, 4.0: ok}
+    assert sustainable(rows) == 2.0  # the first rate that fails ends the sweep
+    assert sustainable({1.0: ok, 2.0: {**ok, "latency_slope": 0.5}}) == 1.0  # backlog growing
+    assert sustainable({1.0: {**ok, "unpromoted_frac": 0.05}}) == 0.0
+    assert sustainable({1.0: {**ok, "latency_slope": math.nan}}) == 0.0
+    assert slope([(0.0, 1.0), (10.0, 6.0), (20.0, 11.0)]) == pytest.approx(0.5)
 
 
 # --- hot paths on real processes (smoke: structure only, never timings) -------------------------

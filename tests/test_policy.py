@@ -207,9 +207,16 @@ class Driver:
         if a.kind == "confirm":
             assert any(o == "fail" for o, _, _ in rs), a
             parent = self.shas[i - 1] if i > 0 else None
+            # the parent passed, or a bisect probe below runs in the same round (the failing
+            # top is confirmed on a spare pool while the probes decide whether it is the suspect)
+            probing = any(
+                r["kind"] in ("bisect", "retry") and self.master < self.sha_index(r["commit"]) < i
+                for r in self.policy.in_flight().values()
+            )
             assert (
                 parent is None
                 or i - 1 <= self.master
+                or probing
                 or any(
                     o == "pass" or (o == "fail" and f and not set(f) & set(a.tests or ()))
                     for o, _, f in [(o, t, f) for o, t, f, _ in self.known.get(parent, [])]
@@ -616,7 +623,8 @@ def test_master_failing_the_inherited_tests_is_reported_and_nobody_is_blamed_for
 def test_hold_mode_alerts_once_when_the_blamed_tests_still_fail_after_the_blame():
     """hold: A is blamed, the developers revert it, but B (in A's span) breaks the same test,
     so the revert still fails. The gate cannot know where a fix landed nor isolate B: it
-    alerts once, naming the range and the commit, instead of idling silently."""
+    alerts once per episode, naming the range and the commit, instead of idling silently; again
+    only when ``REALERT_TIPS`` commits pushed after the alert still fail."""
     staging = ["a0", "A", "B", "a3"]
     breaks, fixes = {"A": "test_vm", "B": "test_vm"}, {}
     p = GatePolicy(PolicyConfig(confirmations=1, speculate=False, culprit_action="hold"))
@@ -635,14 +643,119 @@ def test_hold_mode_alerts_once_when_the_blamed_tests_still_fail_after_the_blame(
     assert p.view()["alerts"][-1]["commit"] == "revert-A"
     assert not p.in_flight()
 
-    # more innocent tips still fail: the same episode, no second alert, nobody else blamed
+    # more innocent tips still fail: each is tested (one may be the fix: a human was asked),
+    # the same episode, no second alert, nobody else blamed ...
     for n in ("n1", "n2"):
         staging.append(n)
         seen = _play(p, "a0", staging, breaks, fixes, p.handle(StagingUpdated("a0", tuple(staging[1:]))))
+        assert [a.commit for a in seen if isinstance(a, StartRun)] == [n]
         assert not [a for a in seen if isinstance(a, (Alert, Blame, Promote))]
+    # ... until REALERT_TIPS commits pushed after the alert failed: the developers are told
+    # again, naming the new top (a fix landed above a culprit breaking the same tests, say)
+    staging.append("n3")
+    seen = _play(p, "a0", staging, breaks, fixes, p.handle(StagingUpdated("a0", tuple(staging[1:]))))
+    (again,) = [a for a in seen if isinstance(a, Alert)]
+    assert (again.kind, again.commit) == ("still-failing", "n3")
+    assert "pushed after A was last alerted about, up to n3 (again" in again.message
+    assert not [a for a in seen if isinstance(a, (Blame, Promote))]
 
     staging.append("fixB")  # the developer's fix after the alert unblocks everything
     fixes["fixB"] = "B"
     seen = _play(p, "a0", staging, breaks, fixes, p.handle(StagingUpdated("a0", tuple(staging[1:]))))
     assert [a.commit for a in seen if isinstance(a, Promote)] == ["fixB"]
     assert not [a for a in seen if isinstance(a, Alert)]
+
+
+def _starts(acts: list) -> list[tuple[str, str]]:
+    return [(a.kind, a.commit) for a in acts if isinstance(a, StartRun)]
+
+
+def _run_of(acts: list, commit: str) -> str:
+    (rid,) = [a.run_id for a in acts if isinstance(a, StartRun) and a.commit == commit]
+    return rid
+
+
+def test_spare_pools_of_a_bisect_round_confirm_the_failing_top_in_the_same_round():
+    """Two commits, three pools, two confirmations: the round that probes a0 also re-runs
+    the failing top A twice (filtered), so A is blamed as the round ends instead of after a
+    separate confirmation round; had a0 failed, those runs would be cancelled."""
+    cfg = PolicyConfig(confirmations=2, speculate=False)
+    for culprit in ("A", "a0"):
+        p = GatePolicy(cfg)
+        p.handle(StagingUpdated("m", ("a0", "A")))
+        acts = [a for n in ("p1", "p2", "p3") for a in p.handle(PoolAvailable(n))]
+        acts = p.handle(RunFinished(_run_of(acts, "A"), "fail", ("t1",)))
+        assert _starts(acts) == [("bisect", "a0"), ("confirm", "A"), ("confirm", "A")]
+        assert all(a.tests == ("t1",) for a in acts if isinstance(a, StartRun))
+        probe, *confirms = [a.run_id for a in acts if isinstance(a, StartRun)]
+        if culprit == "A":
+            seen = p.handle(RunFinished(probe, "pass"))
+            seen += p.handle(RunFinished(confirms[0], "fail", ("t1",)))
+            assert not [a for a in seen if isinstance(a, Blame)]  # 2 failures of A so far
+            seen += p.handle(RunFinished(confirms[1], "fail", ("t1",)))
+            (blame,) = [a for a in seen if isinstance(a, Blame)]
+            assert (blame.commit, blame.failed_tests, len(blame.run_ids)) == ("A", ("t1",), 3)
+            assert [a.commit for a in seen if isinstance(a, Promote)] == ["a0"]
+        else:
+            seen = p.handle(RunFinished(probe, "fail", ("t1",)))
+            assert sorted(a.run_id for a in seen if isinstance(a, CancelRun)) == sorted(confirms)
+            assert _starts(seen) == [("confirm", "a0"), ("confirm", "a0")]
+
+
+def test_behind_a_block_tips_that_can_only_fail_are_not_tested_until_a_blame_or_alert():
+    """revert mode: A is blamed and reverted; B, pushed after the revert, breaks another test.
+    While the gate hunts B, a new tip n1 contains B and nothing pushed after anyone was told
+    about it, so it can only fail: no run (the pools hunt). Once B is blamed, the tip holding
+    its revert is tested at once and promoted. Without the rule n1 would be run."""
+    for hold in (True, False):
+        cfg = PolicyConfig(confirmations=1, speculate=False, culprit_action="revert", hold_hopeless_tips=hold)
+        p = GatePolicy(cfg)
+        p.handle(StagingUpdated("m", ("A",)))
+        acts = [a for n in ("p1", "p2", "p3") for a in p.handle(PoolAvailable(n))]
+        acts = p.handle(RunFinished(_run_of(acts, "A"), "fail", ("t1",)))
+        acts = p.handle(RunFinished(_run_of(acts, "A"), "fail", ("t1",)))
+        assert [a.commit for a in acts if isinstance(a, (Blame, Revert))] == ["A", "A"]
+        acts = p.handle(StagingUpdated("m", ("A", "revert-A", "B")))
+        assert _starts(acts) == [("tip", "B")]  # pushed after the blame: may pass
+        acts = p.handle(RunFinished(_run_of(acts, "B"), "fail", ("t2",)))
+        assert _starts(acts) == [("bisect", "revert-A")]  # the hunt for t2's culprit
+        probe = _run_of(acts, "revert-A")
+        acts = p.handle(StagingUpdated("m", ("A", "revert-A", "B", "n1")))
+        if not hold:
+            assert _starts(acts) == [("tip", "n1")]
+            continue
+        assert _starts(acts) == []  # n1 holds B, unrepaired and unannounced: a certain failure
+        acts = p.handle(RunFinished(probe, "pass"))
+        assert _starts(acts) == [("confirm", "B")]
+        acts = p.handle(RunFinished(_run_of(acts, "B"), "fail", ("t2",)))
+        assert [a.commit for a in acts if isinstance(a, (Blame, Revert))] == ["B", "B"]
+        acts = p.handle(StagingUpdated("m", ("A", "revert-A", "B", "n1", "revert-B")))
+        assert _starts(acts) == [("tip", "revert-B")]  # pushed after B's blame: tested at once
+        acts = p.handle(RunFinished(_run_of(acts, "revert-B"), "pass"))
+        assert [a.commit for a in acts if isinstance(a, Promote)] == ["revert-B"]
+        assert not [a for a in p.view()["alerts"]]
+        # states saved before round 5 (no marks) still load
+        old = p.to_state()
+        del old["marks"]
+        assert GatePolicy(cfg, old).to_state()["marks"] == []
+
+
+def test_behind_a_block_the_hunt_gets_a_free_pool_before_a_second_hopeful_tip():
+    """A and B broke t1 and t2; A is blamed and reverted, B is being confirmed (on t2). The
+    revert's tip runs; n1 arrives on top: it may pass too, but one run that may pass is
+    already in flight, so the hunt for B gets the next free pool first and n1 waits."""
+    p = GatePolicy(PolicyConfig(confirmations=2, speculate=False, culprit_action="hold"))
+    p.handle(StagingUpdated("m", ("A", "B")))
+    acts = p.handle(PoolAvailable("p1"))
+    acts = p.handle(RunFinished(_run_of(acts, "B"), "fail", ("t1", "t2")))
+    acts = p.handle(RunFinished(_run_of(acts, "A"), "fail", ("t1",)))  # the probe: A is the suspect
+    acts = p.handle(RunFinished(_run_of(acts, "A"), "fail", ("t1",)))
+    acts = p.handle(RunFinished(_run_of(acts, "A"), "fail", ("t1",)))
+    assert [a.commit for a in acts if isinstance(a, Blame)] == ["A"]
+    assert _starts(acts) == [("confirm", "B")]  # the hunt for t2 (B failed it at the tip)
+    confirm = _run_of(acts, "B")
+    assert _starts(p.handle(StagingUpdated("m", ("A", "B", "revert-A")))) == []  # no pool free
+    assert _starts(p.handle(PoolAvailable("p2"))) == [("tip", "revert-A")]
+    assert _starts(p.handle(StagingUpdated("m", ("A", "B", "revert-A", "n1")))) == []
+    assert _starts(p.handle(RunFinished(confirm, "fail", ("t2",)))) == [("confirm", "B")]
+    assert "n1" not in {r["commit"] for r in p.in_flight().values()}

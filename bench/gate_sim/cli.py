@@ -53,6 +53,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--flake-rate", type=_fraction, default=0.02)
     ap.add_argument("--culprit-rate", type=_fraction, default=0.05)
     ap.add_argument("--infra-rate", type=_fraction, default=0.0, help="inconclusive runs (infrastructure)")
+    ap.add_argument(
+        "--setup-fraction",
+        type=_fraction,
+        default=0.4,
+        help="share of a full BVT independent of the tests run (provisioning, build, deployment);"
+        " a run of m of the suite's tests takes setup + (1 - setup) m/suite of a full run",
+    )
     ap.add_argument("--revert-delay-hours", type=float, default=0.0, help="time from a blame to its revert")
     ap.add_argument(
         "--fix-delay-hours",
@@ -160,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             infra_rate=args.infra_rate,
             revert_delay_hours=args.revert_delay_hours,
             fix_delay_hours=args.fix_delay_hours,
+            setup_fraction=args.setup_fraction,
         )
         results = run_policies(args, scenario, names)
     except (TraceError, ValueError) as e:

@@ -19,16 +19,23 @@ vocabulary as the project's gate, so every policy runs through one simulator:
 Staging model shared with the gate: after a commit is blamed, the developers push a revert
 (``revert-<sha>``) to the tip; the commits between the culprit and its revert contain it, so
 they can only be tested (and promoted) together with the revert: the reference policies treat
-such a span as one *item*.
+such a span as one *item*. A span that fails holds another culprit the references cannot
+isolate (every tree in it holds the blamed one, and they see only pass/fail): after
+``SPAN_RUNS`` failures (the first may be a flake) they ask the developers with an ``Alert``
+naming the span's top, as the gate does, and the span stays one item until a developer's fix
+(``fix-...``) lands.
+(Round 4 blamed the span's first innocent commit instead, which cascaded into reverting
+innocents once spans grew under load.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.gate_sim.sim import REVERT_PREFIX, Scenario, reverted_by
+from bench.gate_sim.sim import FIX_PREFIX, REVERT_PREFIX, Scenario, reverted_by
 from bench.gate_sim.trace import Commit
 from schedulers.events import (
+    Alert,
     Blame,
     CancelRun,
     PoolAvailable,
@@ -40,6 +47,7 @@ from schedulers.events import (
 )
 
 Item = tuple[str, ...]
+SPAN_RUNS = 2  # failures of a span item before alerting (the first may be a flake)
 
 
 class RefPolicy:
@@ -58,6 +66,8 @@ class RefPolicy:
         self.promoting: str | None = None
         self._next = 0
         self.out: list = []
+        self.span_fails: dict[str, int] = {}  # top of a failing span item -> its failures
+        self.alerted: dict[str, str] = {}  # span start -> staging tip when alerted (open until a fix)
 
     # ---------------------------------------------------------------- protocol
     def handle(self, ev) -> list:
@@ -95,17 +105,24 @@ class RefPolicy:
 
     # ---------------------------------------------------------------- helpers
     def items(self) -> list[Item]:
-        """Candidates grouped into testable items; a trailing span waiting for a revert is left out."""
+        """Candidates grouped into testable items; a trailing span waiting for a revert (or,
+        once alerted, for a developer's fix pushed after the alert) is left out."""
         items: list[Item] = []
         pending: list[str] = []
         open_: set[str] = set()
-        for c in self.candidates:
+        waiting: set[str] = set()  # alerted spans: closed by a fix pushed after the alert
+        pos = {c: i for i, c in enumerate(self.candidates)}
+        for i, c in enumerate(self.candidates):
             pending.append(c)
             if c in self.blamed:
                 open_.add(c)
+                if c in self.alerted:
+                    waiting.add(c)
             elif c.startswith(REVERT_PREFIX):
                 open_.discard(reverted_by(c))
-            if not open_:
+            elif c.startswith(FIX_PREFIX):
+                waiting = {w for w in waiting if pos.get(self.alerted[w], -1) >= i}
+            if not open_ and not waiting:
                 items.append(tuple(pending))
                 pending = []
         return items
@@ -134,7 +151,16 @@ class RefPolicy:
             self.out.append(Promote(commit))
 
     def blame_item(self, item: Item) -> bool:
-        """Blame the item's first commit that is neither blamed nor a revert; False if none."""
+        """Blame the item's first commit that is neither blamed nor a revert; False if none.
+        A failing span (it starts with a blamed commit) is re-run, then alerted."""
+        if item[0] in self.blamed:
+            n = self.span_fails[item[-1]] = self.span_fails.get(item[-1], 0) + 1
+            if n == SPAN_RUNS:
+                self.alerted[item[0]] = self.candidates[-1]
+                self.out.append(
+                    Alert("still-failing", f"{item[0]}..{item[-1]} fails behind a blamed commit", item[-1])
+                )
+            return n >= SPAN_RUNS
         for c in item:
             if c not in self.blamed and not c.startswith(REVERT_PREFIX):
                 self.blamed.add(c)
@@ -277,7 +303,9 @@ class Mergify(RefPolicy):
                 self.results.pop(b[-1], None)
             self.batches = []  # the batches behind go back to the queue
             if len(head) == 1:
-                self._blame_tip(head[-1])
+                if not self._blame_tip(head[-1]):
+                    self.results.pop(head[-1], None)
+                    self.plan()  # a failing span: run it once more (the failure may be a flake)
             else:
                 self.search = head
                 self._search_round()
@@ -293,9 +321,9 @@ class Mergify(RefPolicy):
             if b[-1] not in self.results and not self.in_flight(b[-1]) and self.start(b[-1], "tip") is None:
                 break
 
-    def _blame_tip(self, tip: str) -> None:
+    def _blame_tip(self, tip: str) -> bool:
         item = next((it for it in self.items() if it[-1] == tip), (tip,))
-        self.blame_item(item)
+        return self.blame_item(item)
 
     def _search_round(self) -> None:
         part = self.search
@@ -320,7 +348,8 @@ class Mergify(RefPolicy):
         if len(part) == 1:  # every prefix below passed: the top is the culprit, never re-tested
             self.search = None
             self.results.pop(part[0], None)
-            self._blame_tip(part[0])
+            if not self._blame_tip(part[0]):
+                self.plan()  # a failing span: run it once more
             return
         self.search = part
         if last_pass >= 0:

@@ -11,14 +11,18 @@ What it plays:
 * **developers answering alerts**: an ``Alert`` saying a human is needed (``HUMAN_ALERTS``:
   a masked culprit, tests still failing after a blame, an inherited failure, master broken,
   retries exhausted ...) names the commit it is about (``Alert.commit``); ``fix_delay_hours``
-  later (default 2 h) a developer pushes a fix to the staging tip for every culprit actually
-  present in that commit's tree and not yet fixed or reverted (the simulator knows the truth,
-  like a developer who debugs it). This is how ``hold`` mode works in practice; without it a
-  stall blocks the queue to the end.
+  later (default 2 h) a developer pushes one fix commit to the staging tip repairing every
+  culprit actually present in that commit's tree and not yet fixed or reverted (the simulator
+  knows the truth, like a developer who debugs it; a no-op commit when that tree holds none:
+  the failures were flaky, and the push re-triggers the queue). This is how ``hold`` mode
+  works in practice; without it a stall blocks the queue to the end.
 * **BVT runs**: a run fails when its content holds a culprit not yet fixed (a test filter
   does not change that), else it flakes with probability f; it ends inconclusive with
   probability ``infra_rate``. Duration and draws come from :mod:`.crn` with the key
-  (seed, exact content = sha, attempt#), so all policies see the same luck.
+  (seed, exact content = sha, attempt#), so all policies see the same luck. A run restricted
+  to some tests (``StartRun.tests``, the gate's bisection/confirmation runs) takes the fixed
+  setup share of its full draw (``setup_fraction``: provisioning + build + zone deployment)
+  plus the test share scaled by the tests it runs out of the suite's (:meth:`Simulator.duration`).
 * **checks**: every ``Promote`` is legal only to a commit whose exact content passed a
   finished run; violations are counted (and executed, so breakage shows too).
 """
@@ -92,6 +96,9 @@ class Scenario:
     revert_delay_hours: float = 0.0  # blame -> revert of the blamed commit
     fix_delay_hours: float = 2.0  # human alert -> a developer's fix of the culprits it is about
     horizon_hours: float = 24 * 60  # simulate at most this long after the last arrival
+    # share of a full BVT that does not depend on the tests run (provisioning + build + zone
+    # deployment); a run restricted to m of the suite's tests takes setup + (1 - setup) m/|suite|
+    setup_fraction: float = 0.4
 
     @property
     def mean_bvt_hours(self) -> float:
@@ -331,8 +338,7 @@ class Simulator:
             raise SimError(f"StartRun reuses run id {a.run_id!r}")
         attempt = self.attempts.get(a.commit, 0)
         self.attempts[a.commit] = attempt + 1
-        lo, hi = self.sc.bvt_hours
-        duration = lo + (hi - lo) * crn.uniform(self.seed, "duration", a.commit, attempt)
+        duration = self.duration(a.commit, attempt, a.tests)
         culprits = self._culprits_in(a.commit)
         failed: tuple[str, ...] = ()
         if crn.uniform(self.seed, "infra", a.commit, attempt) < self.sc.infra_rate:
@@ -356,6 +362,16 @@ class Simulator:
         self.res.runs += 1
         self._at(run.end, "end", a.run_id)
         return []
+
+    def duration(self, sha: str, attempt: int, tests: tuple[str, ...] | None) -> float:
+        """Hours a run of ``sha`` takes: the full BVT's CRN draw, scaled for a filtered run to
+        the fixed setup part plus the share of the suite it runs (same draw: CRN kept)."""
+        lo, hi = self.sc.bvt_hours
+        full = lo + (hi - lo) * crn.uniform(self.seed, "duration", sha, attempt)
+        if tests is None:
+            return full
+        share = len(set(tests) & set(SUITE)) / len(SUITE)
+        return full * (self.sc.setup_fraction + (1 - self.sc.setup_fraction) * share)
 
     def _promote(self, sha: str) -> list:
         i = self.index.get(sha)
@@ -414,23 +430,26 @@ class Simulator:
         return best
 
     def _schedule_human_fix(self, a: Alert) -> None:
-        """A developer debugs the alert: ``fix_delay_hours`` later, a fix of every culprit in
-        the tree of the commit it names (``Alert.commit``; the message only as a fallback for
-        policies that do not set it)."""
+        """A developer debugs the alert: ``fix_delay_hours`` later, one commit fixing every
+        culprit in the tree of the commit it names (``Alert.commit``; the message only as a
+        fallback for policies that do not set it)."""
         sha = a.commit if a.commit in self.index and a.commit != BASE else self._alerted_commit(a.message)
         if sha is None:
             return
-        for c in self._culprits_in(sha):
-            if c not in self.human_fixed and c not in self.reverted:
-                self.human_fixed.add(c)
-                self._at(self.now + self.sc.fix_delay_hours, "fix", c)
+        live = self._culprits_in(sha)
+        todo = tuple(c for c in live if c not in self.human_fixed and c not in self.reverted)
+        if todo or not live:  # nothing broken there (flaky failures): a no-op push re-triggers the queue
+            self.human_fixed.update(todo)
+            self._at(self.now + self.sc.fix_delay_hours, "fix", todo)
 
-    def _human_fix(self, culprit: str) -> list:
-        if culprit in self.fixed_at:  # fixed meanwhile (a trace fix or the gate's revert)
+    def _human_fix(self, culprits: tuple[str, ...]) -> list:
+        todo = [c for c in culprits if c not in self.fixed_at]  # not fixed meanwhile (revert, trace fix)
+        if culprits and not todo:
             return []
-        self._push(f"{FIX_PREFIX}{culprit}@{self.staging[-1]}", "developer@example.org")
-        self.fixed_at[culprit] = len(self.staging) - 1
-        self.res.human_fixes += 1
+        self._push(f"{FIX_PREFIX}{'+'.join(todo) or 'none'}@{self.staging[-1]}", "developer@example.org")
+        for c in todo:
+            self.fixed_at[c] = len(self.staging) - 1
+        self.res.human_fixes += len(todo)
         return [self._staging_event()]
 
     # ------------------------------------------------------------------ metrics
