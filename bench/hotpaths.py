@@ -36,6 +36,8 @@ from typing import TypeVar
 
 import yaml
 
+from lab.pools import simple_pool
+
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
@@ -174,6 +176,14 @@ def _in_reactor(make: Callable[[], Awaitable[T]]) -> T:
 
 
 # --- (b) IPMI fan-out --------------------------------------------------------------------------
+# One-way BMC latencies measured (ms): 0 = loopback, CPU-bound; the others model real BMC
+# firmware + network (each request/answer exchange takes twice the one-way latency).
+IPMI_LATENCIES_MS = (0, 20, 100)
+# The latency at which the issue #8 target (N=50 <= 1.5 x N=1) is evaluated: the low end of
+# real BMCs (~20-300 ms per command), where CPU weighs most.
+IPMI_TARGET_LATENCY_MS = 20
+
+
 class BmcProcess:
     """``python -m lab.bmc --spec`` serving ``n`` virtual BMCs on 127.0.0.1 in its own process
     (its own GIL: the client's threads and the BMCs' I/O thread do not compete)."""
@@ -209,31 +219,73 @@ class BmcProcess:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the BMC process has used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_seconds(self.proc.pid)
 
-    def targets(self, n: int) -> list:
+    def targets(self, n: int, ports: list[int] | None = None) -> list:
+        """The first ``n`` BMCs, reached directly or through ``ports`` (a relay's front ports)."""
         from steps.ipmi import BmcTarget
 
         return [
             BmcTarget(name, "127.0.0.1", port, "admin", self.password)
-            for name, port in zip(self.names[:n], self.ports[:n], strict=True)
+            for name, port in zip(self.names[:n], (ports or self.ports)[:n], strict=True)
         ]
 
     def stop(self) -> str:
         """Terminate the process (and wait for it); return what it wrote on stderr."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        err = self.proc.stderr.read() if self.proc.stderr else ""
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f:
-                f.close()
-        return err.replace(self.password, "<password>").strip()
+        return _stop(self.proc).replace(self.password, "<password>").strip()
+
+
+class RelayProcess:
+    """``python -m lab.lossy_udp`` in front of BMCs (its own process): every datagram is held
+    ``delay`` seconds each way, as real BMC firmware and networks take; nothing is dropped."""
+
+    def __init__(self, ports: list[int], delay: float, ready_timeout: float = 30):
+        self.delay = delay
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lab.lossy_udp", "--delay", repr(delay)]
+            + [f"--target=127.0.0.1:{p}" for p in ports],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        words = _readline(self.proc, ready_timeout).split()
+        if len(words) != len(ports) + 1 or words[0] != "ready":
+            err = self.stop()
+            raise RuntimeError(
+                f"UDP relay (lab.lossy_udp, {len(ports)} targets, delay {delay:g} s) did not become "
+                f"ready within {ready_timeout:g} s: {' '.join(words) or 'no output'} {err}".strip()
+            )
+        self.ports = [int(w) for w in words[1:]]
+
+    def cpu_seconds(self) -> float:
+        return _cpu_seconds(self.proc.pid)
+
+    def stop(self) -> str:
+        return _stop(self.proc).strip()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    """Terminate a child (and wait for it); return what it wrote on stderr."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    err = proc.stderr.read() if proc.stderr else ""
+    for f in (proc.stdout, proc.stderr):
+        if f:
+            f.close()
+    return err
 
 
 def _free_udp_ports(n: int) -> list[int]:
@@ -274,66 +326,84 @@ async def ipmi_fanout_async(
     sizes: tuple[int, ...] = (1, 10, 50),
     concurrencies: tuple[int, ...] | None = None,
     repeat: int = 5,
+    *,
+    relay: RelayProcess | None = None,
 ) -> dict:
     """Set PXE + power cycle on N BMCs of ``bmcs`` through ``IpmiClient`` (median of ``repeat``
     rounds, each with a fresh client: no session carried over); N = 1 is the baseline.
 
     ``concurrencies``: the client's bound; the first is the configured one
-    (``provisioning.ipmi_concurrency``), others are reported as variants.
+    (``provisioning.ipmi_concurrency``), others are reported as variants (default: the old
+    default 16 and 1, serial). ``relay``: reach the BMCs through it (its latency), else directly.
     """
     from master.settings import Provisioning
-    from steps.ipmi import IpmiClient
+    from steps.ipmi import IpmiClient, retransmissions
 
     if max(sizes) > len(bmcs.ports):
         raise ValueError(f"IPMI fan-out: N={max(sizes)} but the BMC process serves {len(bmcs.ports)} BMCs")
     prov = Provisioning()
     if concurrencies is None:
-        concurrencies = (prov.ipmi_concurrency, max(sizes), 1)
+        concurrencies = (prov.ipmi_concurrency, 16, 1)
     concurrencies = tuple(dict.fromkeys(concurrencies))
+    ports = relay.ports if relay is not None else None
+    latency_ms = relay.delay * 1000 if relay is not None else 0.0
+    base, big = min(sizes), max(sizes)
     runs: dict[int, dict[int, dict]] = {}
     for conc in concurrencies:
         runs[conc] = {}
         for n in sizes:
-            times, cpu_client, cpu_bmcs = [], [], []
+            times, cpu_client, cpu_bmcs, cpu_relay, resent = [], [], [], [], []
             for _ in range(repeat):
                 client = IpmiClient(
                     timeout=prov.ipmi_timeout,
                     retries=prov.ipmi_retries,
                     concurrency=conc,
                     backoff=prov.ipmi_backoff,
+                    reuse=prov.ipmi_session_reuse,
                 )
-                c0, b0 = time.process_time(), bmcs.cpu_seconds()
+                c0, b0, x0 = time.process_time(), bmcs.cpu_seconds(), retransmissions()
+                r0 = relay.cpu_seconds() if relay is not None else 0.0
                 try:
-                    times.append(await _boot_all(client, bmcs.targets(n)))
+                    times.append(await _boot_all(client, bmcs.targets(n, ports)))
                 finally:
                     client.stop()
                 cpu_client.append(time.process_time() - c0)
                 cpu_bmcs.append(bmcs.cpu_seconds() - b0)
+                cpu_relay.append(relay.cpu_seconds() - r0 if relay is not None else 0.0)
+                resent.append(retransmissions() - x0)
             runs[conc][n] = {
                 "median_s": _median(times),
                 "min_s": min(times),
                 "runs_s": times,
-                # CPU seconds per round: the client process (reactor + IPMI threads), the BMCs
+                # CPU seconds per round: the client process (reactor + IPMI threads), the BMCs,
+                # the latency relay (0 without one)
                 "cpu_client_s": _median(cpu_client),
                 "cpu_bmcs_s": _median(cpu_bmcs),
-                # rounds slower than pyghmi's first retransmission timeout (~0.5-1 s): a datagram
-                # was lost or ignored and the login or command was retransmitted
-                "stalled_rounds": sum(t > 0.5 for t in times),
+                "cpu_relay_s": _median(cpu_relay),
+                # datagrams the client sent again (no answer within pyghmi's 0.5-1.5 s), all rounds
+                "retransmits": sum(resent),
             }
+        # rounds slower than the baseline by pyghmi's first retransmission timeout (>= 0.5 s):
+        # a datagram was lost, or an answer was not noticed (the stall of issue #8)
+        limit = runs[conc][base]["median_s"] + 0.5
+        for n in sizes:
+            runs[conc][n]["stalled_rounds"] = sum(t > limit for t in runs[conc][n]["runs_s"])
     # the BMCs really changed state: every one of the largest N is on and boots from the network
     check = IpmiClient(
         timeout=prov.ipmi_timeout, retries=prov.ipmi_retries, concurrency=prov.ipmi_concurrency
     )
     try:
-        states = [(await check.power_status(t), await check.get_bootdev(t)) for t in bmcs.targets(max(sizes))]
+        states = [(await check.power_status(t), await check.get_bootdev(t)) for t in bmcs.targets(big)]
     finally:
         check.stop()
     verified = sum(s == ("on", "network") for s in states)
-    conf, big, base = concurrencies[0], max(sizes), min(sizes)
+    conf = concurrencies[0]
     best = min(concurrencies, key=lambda c: runs[c][big]["median_s"] / runs[c][base]["median_s"])
     measured, baseline = runs[conf][big]["median_s"], runs[conf][base]["median_s"]
+    where = f", {latency_ms:g} ms one-way BMC latency" if relay is not None else ""
     return {
-        "path": f"IPMI fan-out (N={big} vs N={base})",
+        "path": f"IPMI fan-out (N={big} vs N={base}{where})",
+        "latency_ms": latency_ms,
         "sizes": list(sizes),
         "repeat": repeat,
         "configured_concurrency": conf,
@@ -349,21 +419,99 @@ async def ipmi_fanout_async(
         "measured_s": measured,
         "ratio": measured / baseline,
         "target": 1.5,
-        "via": f"steps.ipmi.IpmiClient, concurrency {conf}, BMCs in a separate lab.bmc process",
+        "via": f"steps.ipmi.IpmiClient, concurrency {conf}, BMCs in a separate lab.bmc process"
+        + (f" behind a lab.lossy_udp relay holding each datagram {latency_ms:g} ms" if relay else ""),
     }
 
 
-def ipmi_fanout(sizes: tuple[int, ...] = (1, 10, 50), repeat: int = 5) -> dict:
-    """Power cycle + PXE boot device on N virtual BMCs; ratio of N=50 to N=1."""
-    miss = _missing("IPMI fan-out", ["lab.bmc", "steps.ipmi"])
+def ipmi_fanout(
+    sizes: tuple[int, ...] = (1, 10, 50),
+    repeat: int = 5,
+    latencies_ms: tuple[float, ...] = IPMI_LATENCIES_MS,
+    target_latency_ms: float = IPMI_TARGET_LATENCY_MS,
+) -> dict:
+    """Power cycle + PXE boot device on N virtual BMCs at each one-way BMC latency; the result is
+    the run at ``target_latency_ms`` (N=50 vs N=1, the issue's target), with every latency's run
+    in ``by_latency`` (0 ms: loopback, CPU-bound, with concurrency variants)."""
+    miss = _missing("IPMI fan-out", ["lab.bmc", "lab.lossy_udp", "steps.ipmi"])
     if miss:
         return miss
+    from master.settings import Provisioning
+
+    conf = Provisioning().ipmi_concurrency
+    by_latency: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="qacloud-bench-bmc-") as tmp:
         bmcs = BmcProcess(max(sizes), Path(tmp))
         try:
-            return _in_reactor(lambda: ipmi_fanout_async(bmcs, sizes, repeat=repeat))
+            for ms in latencies_ms:
+                if ms <= 0:
+                    by_latency["0"] = _in_reactor(lambda: ipmi_fanout_async(bmcs, sizes, repeat=repeat))
+                    continue
+                relay = RelayProcess(bmcs.ports, ms / 1000)
+                try:
+                    # slow rounds: fewer of them at high latency, the configured concurrency only
+                    reps = repeat if ms <= 50 else max(3, repeat // 2)
+                    by_latency[f"{ms:g}"] = _in_reactor(
+                        lambda relay=relay, reps=reps: ipmi_fanout_async(
+                            bmcs, sizes, (conf,), reps, relay=relay
+                        )
+                    )
+                finally:
+                    relay.stop()
         finally:
             bmcs.stop()
+    key = f"{target_latency_ms:g}" if target_latency_ms > 0 else "0"
+    head = by_latency.get(key) or next(iter(by_latency.values()))
+    return {
+        **head,
+        "target_latency_ms": head["latency_ms"],
+        "by_latency": by_latency,
+        "latency_ratios": {ms: r["ratio"] for ms, r in by_latency.items()},
+    }
+
+
+def _ipmi_markdown(h: dict) -> list[str]:
+    """The IPMI fan-out tables for results.md: ratios per latency, then each latency's rows."""
+    md: list[str] = []
+    runs = list(h["by_latency"].values()) if "by_latency" in h else [h]
+    sizes = [str(n) for n in h["sizes"]]
+    if "by_latency" in h:
+        md += [
+            "",
+            f"### IPMI fan-out per one-way BMC latency: median of the rounds, concurrency "
+            f"{h['configured_concurrency']} (configured); the target is read at "
+            f"{h['target_latency_ms']:g} ms",
+            "",
+            "| one-way BMC latency | "
+            + " | ".join(f"N={n} ms" for n in sizes)
+            + f" | ratio N={sizes[-1]}/N={sizes[0]} |",
+            "|---|" + "---|" * (len(sizes) + 1),
+        ]
+        for r in runs:
+            rows = r["by_concurrency"][str(r["configured_concurrency"])]
+            md.append(
+                f"| {r['latency_ms']:g} ms | "
+                + " | ".join(f"{rows[n]['median_s'] * 1000:.0f}" for n in sizes)
+                + f" | {r['ratio']:.2f} |"
+            )
+    for r in runs:
+        md += ["", f"### {r['path']}: wall time (median of {r['repeat']}) per N and concurrency", ""]
+        md += [
+            "| concurrency | N | median ms | min ms | ratio to N=1 | client CPU ms | BMC CPU ms "
+            "| relay CPU ms | retransmits | stalled rounds |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c, rows in r["by_concurrency"].items():
+            conf = " (configured)" if int(c) == r["configured_concurrency"] else ""
+            for n, x in rows.items():
+                md.append(
+                    f"| {c}{conf} | {n} | {x['median_s'] * 1000:.1f} | {x['min_s'] * 1000:.1f} "
+                    f"| {r['ratios'][c][n]:.2f} | {x['cpu_client_s'] * 1000:.0f} "
+                    f"| {x['cpu_bmcs_s'] * 1000:.0f} | {x.get('cpu_relay_s', 0) * 1000:.0f} "
+                    f"| {x.get('retransmits', 0)} | {x['stalled_rounds']}/{r['repeat']} |"
+                )
+        md.append(f"\nBMCs on and booting from the network afterwards: {r['verified_bmcs']}.")
+    return md
 
 
 # --- (c) Cobbler registration + sync -------------------------------------------------------------
@@ -372,42 +520,13 @@ BENCH_POOL = "bench-cobbler"
 
 def cobbler_pool(name: str, index: int, n_systems: int, cobbler_url: str, workdir: Path):
     """A validated inventory pool of ``n_systems`` hosts on 127.0.<index>.0/24 (1 management
-    server + KVM hosts); for ``n_systems == 1`` the management server alone."""
+    server + KVM hosts, ``lab.pools.simple_pool``); for ``n_systems == 1`` the management server
+    alone."""
     from master.inventory import load_inventory
 
     if not 1 <= n_systems <= 200:
         raise ValueError(f"cobbler_pool: n_systems must be 1-200, got {n_systems}")
-    net = f"127.0.{index}"
-
-    def host(hname: str, k: int, hv: str | None) -> dict:
-        h = {
-            "name": f"{name}-{hname}",
-            "macs": [f"52:54:00:{index:02x}:{k // 256:02x}:{k % 256:02x}"],
-            "ip": f"{net}.{10 + k}",
-            "profile": "qacloud-kvm" if hv else "qacloud-mgmt",
-            "bmc": {"address": "127.0.0.1", "port": 16000 + k, "username": "admin", "password_secret": "bmc"},
-        }
-        if hv:
-            h["hypervisor"] = hv
-        return h
-
-    raw = {
-        "name": name,
-        "worker": f"{name}-qavm",
-        "network": {
-            "subnet": f"{net}.0/24",
-            "gateway": f"{net}.1",
-            "vlans": "100-199",
-            "http_proxy": f"http://{net}.2:3128",
-        },
-        "storage": {
-            "primary": f"nfs://{net}.2/export/primary",
-            "secondary": f"nfs://{net}.2/export/secondary",
-        },
-        "cobbler": {"url": cobbler_url, "username": "cobbler", "password_secret": "cobbler"},
-        "management": host("mgmt", 0, None),
-        "hypervisors": [host(f"kvm{k}", k, "kvm") for k in range(1, max(n_systems, 2))],
-    }
+    raw = simple_pool(name, index, cobbler_url=cobbler_url, hypervisors=max(n_systems - 1, 1))
     path = workdir / f"{name}-{n_systems}.yaml"
     path.write_text(yaml.safe_dump({"lab": "bench", "pools": [raw]}, sort_keys=False))
     pool = load_inventory(path).pool(name)
@@ -472,17 +591,13 @@ async def cobbler_sync_async(
     }
 
 
-def cobbler_sync(n: int = 50, repeat: int = 3, port_wait: float = 120) -> dict:
-    """Register + sync ``n`` systems on a real cobblerd (started here, stopped after)."""
+def cobbler_sync(n: int = 50, repeat: int = 3) -> dict:
+    """Register + sync ``n`` systems on a real cobblerd of its own (free ports; stopped after)."""
     miss = _missing("Cobbler sync", ["lab.cobbler", "steps.cobbler"])
     if miss:
         return miss
-    from lab.cobbler import XMLRPC_PORT, CobblerServer
+    from lab.cobbler import CobblerServer
 
-    # cobblerd's port is hard-coded: wait (bounded) for another user (a test run) to finish
-    deadline = time.monotonic() + port_wait
-    while _tcp_busy(XMLRPC_PORT) and time.monotonic() < deadline:
-        time.sleep(1)
     with tempfile.TemporaryDirectory(prefix="qacloud-bench-cobbler-") as tmp:
         server = CobblerServer(Path(tmp) / "cobbler", password=secrets.token_urlsafe(12))
         server.start()
@@ -492,11 +607,6 @@ def cobbler_sync(n: int = 50, repeat: int = 3, port_wait: float = 120) -> dict:
             server.stop()
 
 
-def _tcp_busy(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def details_markdown(hot: list[dict]) -> list[str]:
     """Per-size tables of the IPMI and Cobbler paths, for results.md."""
     md: list[str] = []
@@ -504,21 +614,7 @@ def details_markdown(hot: list[dict]) -> list[str]:
         if "error" in h:
             continue
         if "by_concurrency" in h:
-            md += ["", f"### {h['path']}: wall time (median of {h['repeat']}) per N and concurrency", ""]
-            md += [
-                "| concurrency | N | median ms | min ms | ratio to N=1 | client CPU ms | BMC CPU ms "
-                "| rounds > 0.5 s |",
-                "|---|---|---|---|---|---|---|---|",
-            ]
-            for c, rows in h["by_concurrency"].items():
-                conf = " (configured)" if int(c) == h["configured_concurrency"] else ""
-                for n, r in rows.items():
-                    md.append(
-                        f"| {c}{conf} | {n} | {r['median_s'] * 1000:.1f} | {r['min_s'] * 1000:.1f} "
-                        f"| {h['ratios'][c][n]:.1f} | {r['cpu_client_s'] * 1000:.0f} "
-                        f"| {r['cpu_bmcs_s'] * 1000:.0f} | {r['stalled_rounds']}/{h['repeat']} |"
-                    )
-            md.append(f"\nBMCs on and booting from the network afterwards: {h['verified_bmcs']}.")
+            md += _ipmi_markdown(h)
         elif "by_n" in h:
             md += ["", f"### {h['path']}: median of {h['repeat']}", ""]
             md += [

@@ -127,7 +127,7 @@ class Provisioning(Located):
     install_timeout: int = check(_positive, default=3600)  # seconds per host
     ipmi_timeout: int = check(_positive, default=10)  # seconds per IPMI call
     ipmi_retries: int = check(_non_negative, default=3)
-    ipmi_concurrency: int = check(_positive, default=16)
+    ipmi_concurrency: int = check(_positive, default=64)  # >= hosts powered at once: one wave
     keep_hosts_on_failure: bool = False
     reuse_pool: bool = False  # re-deploy only the management server after a passing run
     # ProvisionPool/TeardownPool (steps/provision.py), docs/configuration.md

@@ -14,10 +14,21 @@ answers meant for the abandoned try derailed its login, and cleaning up the aban
 (``_mark_broken`` -> ``logout``) blocked for many seconds in pyghmi's command wait. Here every
 try gets its own single-use session on its own new socket (:func:`_session_class`); a try
 that times out is stopped at once without waiting for the BMC, and its socket is closed a
-few seconds later, once pyghmi's I/O thread no longer watches it. The login keeps pyghmi's
-per-packet retransmission, but each RMCP+ login step gets a fresh retransmission budget (as
-pyghmi gives IPMI requests), a relogin skips the unchanged channel-capabilities query, and
-a BMC that turned SHA-256 down is offered SHA-1 straight away next time.
+few seconds after its thread is done with it (so its port is not reused at once). The login
+keeps pyghmi's per-packet retransmission, but each RMCP+ login step gets a fresh
+retransmission budget (as pyghmi gives IPMI requests), a relogin skips the unchanged
+channel-capabilities query, and a BMC that turned SHA-256 down is offered SHA-1 straight
+away next time.
+
+Waiting (why concurrent logins used to stall 0.5-1.5 s): pyghmi's client threads sleep in
+``_io_wait(deadline, bmc_address)`` until its I/O thread routes a datagram from that BMC, but
+they register that wait only *after* sending, and any thread in ``wait_for_rsp`` may process
+any session's answer. When the answer arrived (and was handled by another thread) before the
+wait was registered, nothing woke the waiter: it slept until its retransmission deadline and
+then found the answer already there (no datagram lost, no retransmission; with 50 concurrent
+calls most rounds stalled so). Here a try's private socket never joins pyghmi's I/O set: the
+thread running the try reads it itself (``poll`` is level-triggered, so an early answer
+cannot be missed) and drives its own retransmissions (:meth:`TrySession._pump`).
 
 A successful call's logged-in session is kept for ``reuse`` seconds and handed to the next
 call to the same BMC (provisioning sets the boot device and then power-cycles); it is closed
@@ -29,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import random
+import select
 import socket
 import threading
 import time
@@ -153,48 +165,52 @@ class _Attempt:
         return None
 
 
-# Sockets of retired sessions: closed a while later, once pyghmi's I/O thread cannot be in a
-# select() on them or routing a datagram to them any more (closing earlier can kill that thread).
-_GRAVE_SECONDS = 3.0
-_graveyard: deque[tuple[float, Any, Any]] = deque()
-_graveyard_lock = threading.Lock()
+# Sockets of retired sessions stay open (unread) this long before they are closed, so that the
+# kernel does not hand their port to a new session while datagrams of the old one (a late
+# answer, a Close Session's reply) are still on their way: a BMC would see a new session from
+# the port of an old one, and the new session might read the old one's answers.
+_PORT_QUARANTINE = 2.0
+_quarantine: deque[tuple[float, Any]] = deque()
+_quarantine_lock = threading.Lock()
 
 
 def _bury(session: Any) -> None:
-    """Take a retired session's socket out of pyghmi's I/O set now; close it later."""
+    """Forget a retired session's socket and routes in pyghmi's tables; close it later.
+
+    pyghmi's tables are cleaned at once (they are scanned for every new session); the socket
+    itself is closed after ``_PORT_QUARANTINE`` s. It is never in pyghmi's I/O set
+    (``_assignsocket``), and the one thread that read it (the try's) is done with it.
+    """
     from pyghmi.ipmi.private import session as ipmisession
 
     sock = getattr(session, "socket", None)
     if sock is None:
         return
     with ipmisession.Session.socketchecking:
-        if sock in ipmisession.iosockets:
+        watched = sock in ipmisession.iosockets
+        if watched:
             ipmisession.iosockets.remove(sock)
-    _wake_io_thread()
-    with _graveyard_lock:
-        _graveyard.append((time.monotonic() + _GRAVE_SECONDS, session, sock))
-    _reap()
-
-
-def _reap(everything: bool = False) -> None:
-    """Close the buried sockets whose grace period is over; forget their sessions' routes."""
-    from pyghmi.ipmi.private import session as ipmisession
-
+        ipmisession.Session.socketpool.pop(sock, None)
+        try:
+            myport = sock.getsockname()[1]
+        except OSError:
+            myport = None
+        for sockaddr in getattr(session, "allsockaddrs", ()):
+            handlers = ipmisession.Session.bmc_handlers.get(sockaddr)
+            if isinstance(handlers, dict) and handlers.get(myport) is session:
+                del handlers[myport]
+                if not handlers:
+                    ipmisession.Session.bmc_handlers.pop(sockaddr, None)
+    if watched:  # not expected; make pyghmi's I/O thread drop it from its select() first
+        _wake_io_thread()
     now = time.monotonic()
     due = []
-    with _graveyard_lock:
-        while _graveyard and (everything or _graveyard[0][0] <= now):
-            due.append(_graveyard.popleft())
-    for _, session, sock in due:
-        for handlers in list(ipmisession.Session.bmc_handlers.values()):
-            if not isinstance(handlers, dict):
-                continue
-            for port, sess in list(handlers.items()):
-                if sess is session:
-                    handlers.pop(port, None)
-        with ipmisession.Session.socketchecking:
-            ipmisession.Session.socketpool.pop(sock, None)
-        sock.close()
+    with _quarantine_lock:
+        _quarantine.append((now + _PORT_QUARANTINE, sock))
+        while _quarantine and _quarantine[0][0] <= now:
+            due.append(_quarantine.popleft()[1])
+    for old in due:
+        old.close()
 
 
 def _wake_io_thread() -> None:
@@ -229,6 +245,30 @@ def _ensure_waker() -> None:
 # (BMC address, port) -> RAKP algorithm its last login used (1 = SHA-1, 256 = SHA-256 first)
 _auth_algorithms: dict[tuple[str, int], int] = {}
 
+# Longest a try's thread sleeps on its socket before re-checking whether it was stopped.
+_MAX_WAIT = 0.2
+
+_retransmitted = 0
+_retransmitted_lock = threading.Lock()
+
+
+def retransmissions() -> int:
+    """IPMI datagrams this process has sent again because their answer did not come in time.
+
+    A healthy network and BMC need none: the benchmark and the tests read the difference.
+    """
+    return _retransmitted
+
+
+def _count_retransmission() -> None:
+    global _retransmitted
+    with _retransmitted_lock:
+        _retransmitted += 1
+
+
+def _no_logon_callback(_result: dict) -> None:
+    """pyghmi's asynchronous-login hook: the try's own thread drives and checks the login."""
+
 
 @functools.cache
 def _session_class() -> type:
@@ -241,8 +281,13 @@ def _session_class() -> type:
     login, and a try that joined a failing cached session failed with it. Here each try gets
     a new session on its own new socket (a new source port), is never shared, and is stopped
     (no retransmits, no relogin, no keepalives) when it is abandoned or done.
+
+    The socket is read by the one thread running the try, not by pyghmi's I/O thread
+    (:meth:`_pump`): pyghmi's hand-off between the two loses wake-ups under concurrency.
     """
+    from pyghmi.exceptions import IpmiException
     from pyghmi.ipmi.private import session as ipmisession
+    from pyghmi.ipmi.private import util as ipmiutil
 
     class TrySession(ipmisession.Session):
         def __new__(cls, *args, **kwargs):
@@ -251,16 +296,109 @@ def _session_class() -> type:
         def __init__(self, bmc, userid, password, port, attempt: _Attempt):
             self.forbidsock = []
             self.stopped = False
+            self._due = False  # another thread's pyghmi loop found this session's deadline past
+            self._poller: Any = None
             if not attempt.bind(self):
                 raise _Unanswered("abandoned")
-            super().__init__(bmc, userid, password, port=port, keepalive=False)
+            # with a logon callback pyghmi's __init__ only sends the first login datagram;
+            # the login is driven to its end here, on this thread, from this session's socket
+            super().__init__(bmc, userid, password, port=port, keepalive=False, onlogon=_no_logon_callback)
+            while self.logging and not self.broken and not self.stopped:
+                if not self._pump():
+                    break
+            if self.broken or self.stopped:
+                raise IpmiException(self.errormsg)
+            if not self.logged:
+                raise IpmiException("login did not complete")
 
         @classmethod
         def _assignsocket(cls, server=None, forbiddensockets=()):
             # called under Session.socketchecking: forbid every existing socket -> a new one
             sock = super()._assignsocket(server, forbiddensockets=tuple(cls.socketpool))
             cls.socketpool[sock] = ipmisession.MAX_BMCS_PER_SOCKET  # never shared either
+            # read by the try's own thread (_pump), never by pyghmi's I/O thread
+            if sock in ipmisession.iosockets:
+                ipmisession.iosockets.remove(sock)
+            sock.setblocking(False)
             return sock
+
+        def _pump(self) -> bool:
+            """Wait for this session's next datagram or retransmission deadline; handle them.
+
+            Returns False when nothing is outstanding any more (nothing left to wait for).
+            """
+            with ipmiutil.protect(ipmisession.WAITING_SESSIONS):
+                waiting = self in ipmisession.Session.waiting_sessions
+            wait = self.expiration - ipmisession._monotonic_time() if waiting else _MAX_WAIT
+            if self._due:
+                wait = 0.0
+            if self._poller is None:  # poll, not select(): file descriptors may exceed 1023
+                self._poller = select.poll()
+                self._poller.register(self.socket, select.POLLIN)
+            try:
+                ready = self._poller.poll(min(max(wait, 0.0), _MAX_WAIT) * 1000)
+            except (OSError, ValueError):  # the socket was closed under us: the try is over
+                self.stop("socket closed")
+                return False
+            if ready:
+                while True:
+                    try:
+                        data, addr = self.socket.recvfrom(3000)
+                    except OSError:  # drained (EAGAIN) or an ICMP error
+                        break
+                    if len(data) >= 4:
+                        self.pktqueue.append((data, addr, self.socket, True))
+                self.process_pktqueue()
+            due, self._due = self._due, False
+            now = ipmisession._monotonic_time()
+            with ipmiutil.protect(ipmisession.WAITING_SESSIONS):
+                if self in ipmisession.Session.waiting_sessions:
+                    # a datagram sent since another thread flagged the deadline has its own
+                    due = self.expiration < now
+                    if due:
+                        ipmisession.Session.waiting_sessions.pop(self, None)
+            if due:
+                if not self.lastpayload and not self.logging:
+                    return False
+                self._retransmit()
+            return True
+
+        def awaitresponse(self, retry, netfn, command):
+            # pyghmi's loop, with _pump in place of its shared I/O thread's _io_wait
+            self.awaitingresponse = True
+            try:
+                alltimeout = ipmisession._monotonic_time() + self._getmaxtimeout() * 2
+                while (
+                    retry
+                    and not self.stopped
+                    and ipmisession.unmatched(self.lastresponse, netfn, command)
+                    and (self.logging or self.logged or self.onlogpayload)
+                ):
+                    if not self._pump():
+                        return
+                    if ipmisession._monotonic_time() > alltimeout:
+                        self._mark_broken()
+                        raise IpmiException("Session no longer connected")
+            finally:
+                self.awaitingresponse = False
+
+        def raw_command(self, *args, **kwargs):
+            # pyghmi waits for a login in progress with Session.pause (the shared I/O loop)
+            while (
+                self.logging
+                and not self.logged
+                and not self.stopped
+                and self.logoutexpiry is not None
+                and ipmisession._monotonic_time() < self.logoutexpiry
+            ):
+                if not self._pump():
+                    break
+            return super().raw_command(*args, **kwargs)
+
+        def _cmdwait(self):
+            # One thread drives a try's session, so no other command of it can be in flight;
+            # pyghmi would wait out the interrupted command's deadline (seconds) after a relogin.
+            return
 
         def stop(self, reason: str) -> None:
             """End this session's activity now, from any thread, without waiting on the BMC."""
@@ -318,13 +456,27 @@ def _session_class() -> type:
                 super()._xmit_packet(retry=retry, delay_xmit=delay_xmit, timeout=timeout)
 
         def _timedout(self):
+            # Only another thread's pyghmi loop (Session.wait_for_rsp, e.g. in-process virtual
+            # BMCs) calls this, having taken the session's deadline out of waiting_sessions:
+            # leave the retransmission to the try's own thread (no lock shared with it).
+            self._due = True
+
+        def _retransmit(self) -> None:
+            """pyghmi's timeout handling (resend, or restart the login), on the try's thread."""
             if self.stopped:
                 return
+            if self.lastpayload:
+                _count_retransmission()
             self._retrying = True
             try:
                 super()._timedout()
             finally:
                 self._retrying = False
+
+        def _keepalive(self):
+            # pyghmi's idle keepalive (from another thread's loop) would log a keepalive=False
+            # session out; parked sessions expire on IpmiClient's own timer instead.
+            return
 
         def process_pktqueue(self):
             if self.stopped:
@@ -601,5 +753,6 @@ __all__ = [
     "IpmiClient",
     "IpmiError",
     "install_pyghmi_io_fix",
+    "retransmissions",
     "targets_for",
 ]
