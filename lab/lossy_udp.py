@@ -11,7 +11,8 @@ either direction: a request/answer exchange then takes ``2 * delay`` plus the BM
 On loopback a virtual BMC answers in microseconds; real BMC firmware (iDRAC, iLO, IPMI LAN)
 takes tens to hundreds of milliseconds per command, and this models it at the protocol
 boundary. Held datagrams wait in a time-ordered queue, so a slow exchange never holds up the
-others (one thread, no sleeping).
+others (one thread, no sleeping). ``holds`` records how many were held, for how long (the
+shortest and longest, from arrival to release) and the most held at once.
 
     with LossyUdpRelay(("127.0.0.1", bmc_port), loss=0.3, seed=7) as relay:
         ... talk to 127.0.0.1:relay.port ...
@@ -41,6 +42,17 @@ from dataclasses import dataclass
 
 LOOPBACK = "127.0.0.1"
 _IDLE_WAIT = 0.1  # seconds the relay thread waits for datagrams before re-checking stop()
+
+
+@dataclass
+class Holds:
+    """Datagrams held for ``delay``: how many, for how long (s, arrival to release), most at once."""
+
+    held: int = 0
+    released: int = 0
+    min_hold: float | None = None
+    max_hold: float | None = None
+    peak: int = 0
 
 
 @dataclass
@@ -81,7 +93,9 @@ class LossyUdpRelay:
         self.targets = targets
         self.loss = loss
         self.delay = delay
+        self._delay_ns = round(delay * 1e9)
         self.counts = Counts()
+        self.holds = Holds()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._sel = selectors.DefaultSelector()
@@ -93,8 +107,9 @@ class LossyUdpRelay:
             self._sel.register(front, selectors.EVENT_READ, (front, t, None))
             self._fronts.append(front)
         self._upstream: dict[tuple[socket.socket, tuple[str, int]], socket.socket] = {}
-        # datagrams held for ``delay``: (due, sequence, socket, data, address)
-        self._held: list[tuple[float, int, socket.socket, bytes, tuple[str, int]]] = []
+        # datagrams held for ``delay``: (due, sequence, arrival, socket, data, address); times
+        # in integer nanoseconds (time.monotonic_ns), so that a hold is never shorter than delay
+        self._held: list[tuple[int, int, int, socket.socket, bytes, tuple[str, int]]] = []
         self._seq = itertools.count()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lossy-udp-{self.port}", daemon=True)
@@ -132,7 +147,7 @@ class LossyUdpRelay:
         while not self._stop.is_set():
             wait = _IDLE_WAIT
             if self._held:
-                wait = min(wait, max(0.0, self._held[0][0] - time.monotonic()))
+                wait = min(wait, max(0.0, (self._held[0][0] - time.monotonic_ns()) / 1e9))
             for key, _ in self._sel.select(timeout=wait):
                 self._receive(*key.data)
             self._release_due()
@@ -166,16 +181,24 @@ class LossyUdpRelay:
                 self._forward(front, data, client)
 
     def _forward(self, sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
-        if self.delay <= 0:
+        if self._delay_ns <= 0:
             self._send(sock, data, addr)
         else:
-            heapq.heappush(self._held, (time.monotonic() + self.delay, next(self._seq), sock, data, addr))
+            now = time.monotonic_ns()
+            heapq.heappush(self._held, (now + self._delay_ns, next(self._seq), now, sock, data, addr))
+            self.holds.held += 1
+            self.holds.peak = max(self.holds.peak, len(self._held))
 
     def _release_due(self) -> None:
-        now = time.monotonic()
+        now = time.monotonic_ns()
         while self._held and self._held[0][0] <= now:
-            _, _, sock, data, addr = heapq.heappop(self._held)
+            _, _, arrival, sock, data, addr = heapq.heappop(self._held)
             self._send(sock, data, addr)
+            hold = (now - arrival) / 1e9
+            h = self.holds
+            h.released += 1
+            h.min_hold = hold if h.min_hold is None else min(h.min_hold, hold)
+            h.max_hold = hold if h.max_hold is None else max(h.max_hold, hold)
 
     @staticmethod
     def _send(sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:

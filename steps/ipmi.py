@@ -28,7 +28,11 @@ wait was registered, nothing woke the waiter: it slept until its retransmission 
 then found the answer already there (no datagram lost, no retransmission; with 50 concurrent
 calls most rounds stalled so). Here a try's private socket never joins pyghmi's I/O set: the
 thread running the try reads it itself (``poll`` is level-triggered, so an early answer
-cannot be missed) and drives its own retransmissions (:meth:`TrySession._pump`).
+cannot be missed) and drives its own retransmissions (:meth:`TrySession._pump`). Counters
+for tests and benchmarks (no effect on behaviour): :func:`retransmissions`,
+:func:`deadline_expiries` (waits that lasted to their deadline), :func:`late_answers` (such
+waits that found their answer already there: a missed wake-up) and
+``IpmiClient.peak_in_flight`` (the most tries running at once).
 
 A successful call's logged-in session is kept for ``reuse`` seconds and handed to the next
 call to the same BMC (provisioning sets the boot device and then power-cycles); it is closed
@@ -248,8 +252,22 @@ _auth_algorithms: dict[tuple[str, int], int] = {}
 # Longest a try's thread sleeps on its socket before re-checking whether it was stopped.
 _MAX_WAIT = 0.2
 
-_retransmitted = 0
-_retransmitted_lock = threading.Lock()
+
+class _Tally:
+    """A process-wide event counter, safe to bump from any thread."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+_retransmitted = _Tally()
+_deadlines_expired = _Tally()
+_answers_found_late = _Tally()
 
 
 def retransmissions() -> int:
@@ -257,13 +275,25 @@ def retransmissions() -> int:
 
     A healthy network and BMC need none: the benchmark and the tests read the difference.
     """
-    return _retransmitted
+    return _retransmitted.value
 
 
-def _count_retransmission() -> None:
-    global _retransmitted
-    with _retransmitted_lock:
-        _retransmitted += 1
+def deadline_expiries() -> int:
+    """Waits for an answer that reached their retransmission deadline, in this process.
+
+    Without loss or an overloaded BMC there are none: a wait that ends at its deadline is
+    either a lost datagram or a missed wake-up (the stall described above).
+    """
+    return _deadlines_expired.value
+
+
+def late_answers() -> int:
+    """Deadline wake-ups that found a datagram (normally the answer) already on the try's socket.
+
+    The signature of a missed wake-up (the old stall): the answer had come, the waiter was
+    not told and slept until its deadline. Tests and benchmarks read the difference.
+    """
+    return _answers_found_late.value
 
 
 def _no_logon_callback(_result: dict) -> None:
@@ -337,6 +367,13 @@ def _session_class() -> type:
                 self._poller.register(self.socket, select.POLLIN)
             try:
                 ready = self._poller.poll(min(max(wait, 0.0), _MAX_WAIT) * 1000)
+                # counted, no effect: a wait that lasted to its deadline, with the answer there?
+                if (self._due and not waiting) or (
+                    waiting and ipmisession._monotonic_time() >= self.expiration
+                ):
+                    _deadlines_expired.add()
+                    if ready or self._poller.poll(0):
+                        _answers_found_late.add()
             except (OSError, ValueError):  # the socket was closed under us: the try is over
                 self.stop("socket closed")
                 return False
@@ -466,7 +503,7 @@ def _session_class() -> type:
             if self.stopped:
                 return
             if self.lastpayload:
-                _count_retransmission()
+                _retransmitted.add()
             self._retrying = True
             try:
                 super()._timedout()
@@ -584,6 +621,20 @@ class IpmiClient:
         # timed-out tries keep their thread until pyghmi gives up: leave room for them
         self._pool = ThreadPool(minthreads=0, maxthreads=concurrency * 2, name="qacloud-ipmi")
         self._started = False
+        self._in_flight = 0  # tries whose pool thread is running them now
+        self._in_flight_lock = threading.Lock()
+        self.peak_in_flight = 0  # the most tries that ran at the same time (tests, benchmarks)
+
+    def _run_try(self, target: BmcTarget, fn: Callable[[Any], T], attempt: _Attempt) -> T:
+        """:func:`_blocking_call` on a pool thread, counted in ``peak_in_flight``."""
+        with self._in_flight_lock:
+            self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+        try:
+            return _blocking_call(target, fn, attempt)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
 
     def _ensure_pool(self) -> None:
         if not self._started:
@@ -650,7 +701,7 @@ class IpmiClient:
             for n in range(1, self.tries + 1):
                 attempt = _Attempt()
                 attempt.reuse = self._take_idle(target)
-                d = deferToThreadPool(self.reactor, self._pool, _blocking_call, target, fn, attempt)
+                d = deferToThreadPool(self.reactor, self._pool, self._run_try, target, fn, attempt)
                 d.addTimeout(self.timeout, self.reactor)
                 try:
                     result = await d
@@ -752,7 +803,9 @@ __all__ = [
     "BmcTarget",
     "IpmiClient",
     "IpmiError",
+    "deadline_expiries",
     "install_pyghmi_io_fix",
+    "late_answers",
     "retransmissions",
     "targets_for",
 ]

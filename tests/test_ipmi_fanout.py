@@ -7,17 +7,18 @@ in-process), qacloud's ``IpmiClient`` (steps/ipmi.py) in this process.
 The stall: pyghmi's client threads used to register their wait for an answer only after
 sending, through its shared I/O thread; an answer handled before that was never noticed and the
 call slept until its retransmission deadline (0.5-1.5 s) with no datagram lost. So the check is
-both "no retransmission" and "no call slower than the others by a retransmission timeout".
+counted, not timed (speed is measured in bench/, never asserted here): no wait reached its
+retransmission deadline, none found its answer already waiting when it did, nothing was resent.
+One wave: the most tries in flight at once is every host. The relay: every datagram held at
+least ``delay`` and all of them at once, or none held at all without a delay.
 """
 
 from __future__ import annotations
 
 import socket
-import statistics
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from twisted.internet import defer
@@ -26,28 +27,37 @@ from twisted.trial.unittest import TestCase as TrialTestCase
 from bench.hotpaths import BmcProcess, RelayProcess
 from lab.lossy_udp import LossyUdpRelay
 from master.settings import Provisioning
-from steps.ipmi import IpmiClient, retransmissions
+from steps.ipmi import IpmiClient, deadline_expiries, late_answers, retransmissions
 from tests.support.procs import REPO
 
-# pyghmi's first retransmission comes 0.5-1 s after a send: a missed answer costs at least this
-RETRANSMIT_TIMEOUT = 0.5
+
+def _waits() -> tuple[int, int, int]:
+    """(deadline expiries, answers found late, retransmissions) of this process so far."""
+    return deadline_expiries(), late_answers(), retransmissions()
 
 
-async def _boot(client: IpmiClient, targets) -> list[float]:
-    """Next boot PXE + power cycle on every target at once; each call's duration."""
-    durations: list[float] = []
+def _since(before: tuple[int, int, int]) -> dict[str, int]:
+    now = _waits()
+    names = ("deadline expiries", "answers found late", "retransmissions")
+    return {name: b - a for name, a, b in zip(names, before, now, strict=True)}
 
-    async def timed(coro) -> None:
-        t0 = time.perf_counter()
-        await coro
-        durations.append(time.perf_counter() - t0)
+
+NO_STALLS = {"deadline expiries": 0, "answers found late": 0, "retransmissions": 0}
+
+
+async def _boot(client: IpmiClient, targets) -> int:
+    """Next boot PXE + power cycle on every target at once; the number of calls completed."""
+    done = 0
 
     async def one(t) -> None:
-        await timed(client.set_bootdev(t, "pxe"))
-        await timed(client.power_cycle(t))
+        nonlocal done
+        await client.set_bootdev(t, "pxe")
+        done += 1
+        await client.power_cycle(t)
+        done += 1
 
     await defer.gatherResults([defer.ensureDeferred(one(t)) for t in targets], consumeErrors=True)
-    return durations
+    return done
 
 
 class ConcurrentLogins(TrialTestCase):
@@ -62,19 +72,22 @@ class ConcurrentLogins(TrialTestCase):
         self.addCleanup(self.bmcs.stop)
 
     async def test_concurrent_logins_complete_without_stalls_or_retransmissions(self):
-        before = retransmissions()
-        durations: list[float] = []
+        before = _waits()
+        calls = 0
+        peaks: list[int] = []
         for _ in range(3):
             client = IpmiClient(timeout=10, retries=0, concurrency=self.N)
             try:
-                durations += await _boot(client, self.bmcs.targets(self.N))
+                calls += await _boot(client, self.bmcs.targets(self.N))
             finally:
                 client.stop()
-        self.assertEqual(len(durations), 3 * 2 * self.N)
-        self.assertEqual(retransmissions() - before, 0, "IPMI datagrams were retransmitted")
-        median = statistics.median(durations)
-        stalled = [round(d, 3) for d in durations if d > median + RETRANSMIT_TIMEOUT * 0.8]
-        self.assertEqual(stalled, [], f"calls stalled for a retransmission timeout (median {median:.3f} s)")
+            peaks.append(client.peak_in_flight)
+        self.assertEqual(calls, 3 * 2 * self.N)
+        # on loopback without loss every answer comes long before its 0.5-1.5 s deadline: a wait
+        # that reached it missed a wake-up (the stall), and then found the answer already there
+        self.assertEqual(_since(before), NO_STALLS)
+        # the race needs company: most of the 40 calls of each round were in flight together
+        self.assertGreaterEqual(min(peaks), self.N // 2, peaks)
         check = IpmiClient(timeout=5, retries=1, concurrency=self.N)
         try:
             for t in self.bmcs.targets(self.N):
@@ -85,8 +98,12 @@ class ConcurrentLogins(TrialTestCase):
 
 
 class OneWaveAtBmcLatency(TrialTestCase):
-    """Through a relay holding every datagram 20 ms each way (a fast real BMC): booting 20 hosts
-    at the configured concurrency takes about as long as booting one (issue #8: <= 1.5x)."""
+    """Through a relay holding every datagram 20 ms each way (a fast real BMC): at the configured
+    concurrency all 20 hosts' tries are in flight at once (one wave, issue #8), without stalls.
+
+    The relay makes each login + command last >= 10 x 20 ms, so the overlap is real; how long
+    the wave takes against one host is measured by ``bench/hotpaths.py``, not asserted here.
+    """
 
     timeout = 120
     N = 20
@@ -102,26 +119,18 @@ class OneWaveAtBmcLatency(TrialTestCase):
         prov = Provisioning()
         self.assertGreaterEqual(prov.ipmi_concurrency, 50)  # a 50-host pool boots in one wave
 
-        async def best(n: int) -> float:
-            walls = []
-            for _ in range(2):
-                client = IpmiClient(
-                    timeout=prov.ipmi_timeout, retries=prov.ipmi_retries, concurrency=prov.ipmi_concurrency
-                )
-                try:
-                    t0 = time.perf_counter()
-                    await _boot(client, self.bmcs.targets(n, self.relay.ports))
-                    walls.append(time.perf_counter() - t0)
-                finally:
-                    client.stop()
-            return min(walls)
-
-        before = retransmissions()
-        one, many = await best(1), await best(self.N)
-        # one host: ~10 request/answer exchanges of 2 x 20 ms; serial waves would multiply it
-        self.assertGreater(one, 0.2)
-        self.assertLess(many, 1.5 * one, f"N={self.N}: {many:.3f} s vs N=1: {one:.3f} s")
-        self.assertEqual(retransmissions() - before, 0)
+        before = _waits()
+        client = IpmiClient(
+            timeout=prov.ipmi_timeout, retries=prov.ipmi_retries, concurrency=prov.ipmi_concurrency
+        )
+        try:
+            calls = await _boot(client, self.bmcs.targets(self.N, self.relay.ports))
+        finally:
+            client.stop()
+        self.assertEqual(calls, 2 * self.N)
+        # every host's try was running at the same moment: one wave, not N / concurrency waves
+        self.assertEqual(client.peak_in_flight, self.N)
+        self.assertEqual(_since(before), NO_STALLS)
 
 
 # --- the relay's latency -----------------------------------------------------------------------
@@ -174,30 +183,32 @@ def test_relay_delays_each_direction_without_serialising_clients(echoes):
     with LossyUdpRelay(("127.0.0.1", echoes[0].port), delay=delay) as relay:
         clients = [_client() for _ in range(5)]
         try:
-            t0 = time.monotonic()
             for i, c in enumerate(clients):
                 c.sendto(b"ping%d" % i, ("127.0.0.1", relay.port))
             answers = [c.recvfrom(2048)[0] for c in clients]
-            elapsed = time.monotonic() - t0
         finally:
             for c in clients:
                 c.close()
     assert answers == [b"a:ping%d" % i for i in range(5)]
-    assert elapsed >= 2 * delay  # held on the way up and on the way down
-    assert elapsed < 2 * delay + 0.15, elapsed  # five exchanges overlapped, not queued one by one
     assert (relay.counts.up_forwarded, relay.counts.down_forwarded, relay.dropped) == (5, 5, 0)
+    holds = relay.holds
+    # each of the 10 datagrams (5 up, 5 down) was held, none for less than the delay
+    assert (holds.held, holds.released) == (10, 10)
+    assert holds.min_hold is not None and holds.min_hold >= delay, holds
+    # the five requests were held side by side, not queued one behind the other
+    assert holds.peak == 5, holds
 
 
 def test_relay_without_delay_forwards_at_once(echoes):
     with LossyUdpRelay(("127.0.0.1", echoes[0].port)) as relay:
         c = _client()
         try:
-            t0 = time.monotonic()
             c.sendto(b"x", ("127.0.0.1", relay.port))
             assert c.recvfrom(2048)[0] == b"a:x"
-            assert time.monotonic() - t0 < 0.1
         finally:
             c.close()
+    assert (relay.counts.up_forwarded, relay.counts.down_forwarded) == (1, 1)
+    assert (relay.holds.held, relay.holds.peak, relay.holds.min_hold) == (0, 0, None)  # sent on at once
 
 
 def test_relay_fronts_several_targets_each_on_its_own_port(echoes):

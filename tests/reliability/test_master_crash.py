@@ -48,6 +48,7 @@ CULPRIT_INDEX = 3  # the 4th commit breaks test_value
 SQLITE_KILLS = 16  # seeded points on SQLite (at least 10 must be injected)
 PG_KILLS = 3
 MIN_SQLITE_KILLS = 10
+DECISION_MARGIN = 3  # decisions a crashed run may take fewer than the reference
 FALLBACK_AFTER = 3.0  # s without a seeded point (and too few kills): kill at the next decision
 DECISIONS = ("START", "FINISHED", "PROMOTE")  # FETCH is logged at every startup: not a fallback
 
@@ -299,10 +300,18 @@ def _name(target: tuple[tuple, int]) -> str:
 
 
 def crash_run(
-    root: Path, points: list[tuple[tuple, int]], database: str | None = None, min_kills: int = 0
+    root: Path,
+    points: list[tuple[tuple, int]],
+    database: str | None = None,
+    min_kills: int = 0,
+    expected_decisions: int | None = None,
 ) -> dict:
     """Replay the scenario, SIGKILL the master at each point (and once mid-push), falling back to
-    the next gate decision while fewer than ``min_kills`` kills are done; check it all."""
+    the next gate decision while fewer than ``min_kills`` kills are done; check it all.
+
+    ``expected_decisions`` (the reference run's gate decisions): a crashed run can take fewer
+    decisions than the reference (runs finish in another order), so when the decisions probably
+    left are barely enough for the kills still needed, kill at every next decision."""
     sc = start_scenario(root, database=database, slow_push=True)
     m = sc.dep.master
     done: list[Injection] = []
@@ -312,8 +321,12 @@ def crash_run(
         while targets or push_pending or len(done) < min_kills:
             t0 = time.monotonic()
             needed = min_kills - len(done)
-            # too few points left even if each fires alone: kill at the very next decision
+            # too few points left even if each fires alone, or too few decisions probably left
+            # in the run: kill at the very next decision
             eager = len(targets) + push_pending < needed
+            if expected_decisions is not None and needed > 0:
+                seen = sum(1 for e in events(sc.log()) if e[0] in DECISIONS)
+                eager = eager or expected_decisions - seen <= needed + DECISION_MARGIN
             fallback = (0.0 if eager else FALLBACK_AFTER) if needed > 0 else None
             got = _wait_point(sc, targets, push_pending, fallback)
             if got == "done":
@@ -433,7 +446,8 @@ def test_master_sigkill_at_seeded_gate_events(tmp_path, reliability):
     points = kill_points(ref_events, SQLITE_KILLS, random.Random(SEED))
     assert len(points) >= 12, (points, ref_events)  # all eligible events when fewer than asked
 
-    res = crash_run(tmp_path / "crash", points, min_kills=MIN_SQLITE_KILLS)
+    decisions = sum(1 for e in ref_events if e[0] in DECISIONS)
+    res = crash_run(tmp_path / "crash", points, min_kills=MIN_SQLITE_KILLS, expected_decisions=decisions)
     kills = len(res["injections"])
     survived_ok = True
     try:
