@@ -17,6 +17,7 @@ import time
 from twisted.internet import defer
 from twisted.trial import unittest
 
+import steps.ipmi
 from lab.bmc import BmcFleet, VirtualBmc
 from lab.lossy_udp import LossyUdpRelay
 from steps.ipmi import BmcTarget, IpmiClient, IpmiError
@@ -112,7 +113,7 @@ class BmcFaults(unittest.TestCase):
         self.assertNotIn(PASSWORD, msg)
         self.assertGreaterEqual(relay.counts.up_dropped, 3)  # one login attempt per try, at least
         self.assertEqual(relay.counts.up_forwarded, 0)
-        self.assertLess(elapsed, 3 * 1 + 0.1 + 0.2 + 1.5)
+        self.assertLess(elapsed, 2 * (3 * 1 + 0.1 + 0.2))  # the deadline holds (slack for a loaded machine)
         self.assertEqual(self.bmc.history("power"), [])
 
     @defer.inlineCallbacks
@@ -120,6 +121,14 @@ class BmcFaults(unittest.TestCase):
         relay = self.relay(0.0)
         ipmi = self.client(timeout=2, retries=3, backoff=0.1)
         wrong = "wrong-Pw-77xQ"
+        tries = []
+        real = steps.ipmi._blocking_call
+
+        def counted(target, fn, attempt):
+            tries.append(target.host)
+            return real(target, fn, attempt)
+
+        self.patch(steps.ipmi, "_blocking_call", counted)
         start = time.monotonic()
         with self.assertRaises(IpmiError) as cm:
             yield defer.ensureDeferred(ipmi.power_off(self.target(relay, password=wrong)))
@@ -142,7 +151,7 @@ class BmcFaults(unittest.TestCase):
         for text in (msg, repr(err), repr(self.target(relay, password=wrong)), str(err.args)):
             self.assertNotIn(wrong, text)
             self.assertNotIn(PASSWORD, text)
-        self.assertLess(elapsed, 2)
+        self.assertEqual(tries, ["pool1-kvm1"])  # one try of the 4 allowed: never retried
         self.assertEqual(self.bmc.history(), [])
 
     @defer.inlineCallbacks
