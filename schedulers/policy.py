@@ -52,6 +52,7 @@ PRIOR_WEIGHT = 20  # ... worth this many commits of observation
 SPECULATE_WHEN = 0.5  # speculate when P(the untested batch fails) reaches this
 STILL_FAILING_TIPS = 2  # commits after a blame failing its tests before alerting a busy gate
 REALERT_TIPS = 3  # commits after an alert failing the same tests before alerting again
+DETECT_WHEN = 0.3  # behind a block: test a held tip when P(its new commits hold a culprit) reaches this
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class PolicyConfig:
     cancel_useless_runs: bool = True  # cancel runs whose result can no longer change a decision
     hold_hopeless_tips: bool = True  # behind a block: test a new tip only when it may hold a fix
     overlap_confirmation: bool = True  # spare pools of a bisect round re-run the failing top
+    detect_behind_block: bool = True  # behind a block: a held tip with new commits finds the next culprit
 
     def __post_init__(self) -> None:
         if self.culprit_action not in ("hold", "revert"):
@@ -102,6 +104,7 @@ def _empty_state() -> dict[str, Any]:
         "flakes": [],
         "promotions": [],
         "alerts": [],
+        "rejected": None,  # the current promotion-rejection episode: [commit, message] (recorded once)
         "stats": {"runs": 0, "flakes": 0},
     }
 
@@ -122,6 +125,7 @@ class GatePolicy:
         s.setdefault("parent_results", [])  # (... before parent runs existed)
         s.setdefault("parent_inconclusive", 0)
         s.setdefault("marks", [])  # (... before round 5)
+        s.setdefault("rejected", None)  # (... before round 6)
         self._s = s
         self._index = {c: i for i, c in enumerate(s["candidates"])}
         self._parent_wanted: set[str] = set()  # per plan: tests to ask master about
@@ -315,9 +319,12 @@ class GatePolicy:
                 names.update(r["failed_tests"])
         return tuple(sorted(names)) or None
 
-    def _alert(self, out: list[Action], kind: str, message: str, commit: str = "") -> None:
+    def _alert(
+        self, out: list[Action], kind: str, message: str, commit: str = "", record: bool = True
+    ) -> None:
         out.append(Alert(kind, message, commit))
-        self._push(self._s["alerts"], {"kind": kind, "message": message, "commit": commit})
+        if record:  # (not: a repeat within one episode, already in the history)
+            self._push(self._s["alerts"], {"kind": kind, "message": message, "commit": commit})
         self._mark(human=True)
 
     def _mark(self, human: bool) -> None:
@@ -418,6 +425,7 @@ class GatePolicy:
         if s["promoting"] is not None and (ev.master == s["promoting"] or s["promoting"] not in new):
             if ev.master == s["promoting"]:
                 self._push(s["promotions"], {"commit": ev.master, "ok": True, "reason": ""})
+                s["rejected"] = None
             s["promoting"] = None
         new_set = set(new)
         dropped = [c for c in old if c not in new_set]
@@ -455,14 +463,17 @@ class GatePolicy:
         self._push(s["promotions"], {"commit": ev.commit, "ok": ev.ok, "reason": ev.reason})
         if not ev.ok:
             s["halted"] = True
-            self._alert(
-                out,
-                "promotion-rejected",
+            message = (
                 f"promotion of {ev.commit[:12]} to master failed: {ev.reason or 'rejected'};"
-                " promotion stopped until the gate sees master again",
-                ev.commit,
+                " promotion stopped until the gate sees master again"
             )
+            # the driver retries after re-planning: the action is emitted each time (the
+            # scheduler mails once per episode), the view's history records the episode once
+            episode = [ev.commit, message]
+            self._alert(out, "promotion-rejected", message, ev.commit, record=s["rejected"] != episode)
+            s["rejected"] = episode
             return
+        s["rejected"] = None
         i = self._index.get(ev.commit)
         s["master"] = ev.commit
         if i is not None:
@@ -853,6 +864,8 @@ class GatePolicy:
             if fresh and not later:  # work-conserving: an idle pool tests a new tip at once
                 self._start(cand[tip], free.pop(0), "tip", None, out)
                 busy.add(cand[tip])
+            elif not fresh and cfg.detect_behind_block:
+                self._detect(good, free, busy, stalled, out)
             self._hunt(good, free, busy, stalled, out)
             self._start_parent_runs(free, out)
             if free:
@@ -889,6 +902,31 @@ class GatePolicy:
                 if not free or sha in stalled:
                     break
                 self._start(sha, free.pop(0), "confirm", tests, out)
+
+    def _detect(
+        self, good: int, free: list[str], busy: set[str], stalled: set[str], out: list[Action]
+    ) -> None:
+        """Behind a block, a held (hopeless) tip still tells where the *next* culprit hides: a
+        full run of it fails the tests of every culprit in its tree, so the hunt for one that
+        landed after the last full run starts now, not after the revert's tip run fails
+        (chained culprits). Started before the hunts take the pools, once the commits above
+        the highest full run (done or in flight) likely hold a culprit: 1 - (1 - p)^n >=
+        ``DETECT_WHEN``."""
+        s, cand = self._s, self._s["candidates"]
+        tip = len(cand) - 1
+        c = cand[tip]
+        if not free or c in busy or c in stalled or s["results"].get(c):
+            return
+        top = good
+        for sha, rs in s["results"].items():
+            if any(r["tests"] is None and not r["flake"] for r in rs):
+                top = max(top, self._index.get(sha, -1))
+        for r in s["runs"].values():
+            if r["tests"] is None:
+                top = max(top, self._index.get(r["commit"], -1))
+        if tip > top and 1 - (1 - self.culprit_rate()) ** (tip - top) >= DETECT_WHEN:
+            self._start(c, free.pop(0), "tip", None, out)
+            busy.add(c)
 
     def culprit_rate(self) -> float:
         """Estimated share of culprits among commits: blames against commits resolved so far

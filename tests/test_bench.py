@@ -344,3 +344,23 @@ def test_cobbler_pool_is_a_valid_inventory_pool_of_n_systems(tmp_path):
     ]
     with pytest.raises(ValueError, match="n_systems must be 1-200"):
         hotpaths.cobbler_pool("bp", 201, 0, "http://127.0.0.1:1/x", tmp_path)
+
+
+def test_breakdown_accounts_for_every_pool_hour_and_every_blamed_culprit():
+    from bench.gate_sim import breakdown as bd
+
+    b = bd.breakdown(3.0, seeds=1, commits=300)
+    trace = generate(300, 3.0, 0.05, seed=1)
+    res = simulate(trace, SC, POLICIES["qacloud"], 1, "qacloud")
+    assert math.isclose(b["pool_hours_total_per_commit"] * 300, res.pool_hours, rel_tol=1e-9)
+    assert math.isclose(sum(b["pool_hours_per_commit"].values()), b["pool_hours_total_per_commit"])
+    ph = b["phases"]
+    assert ph["unblock"]["n"] + ph["unblock_chained"]["n"] == ph["hunt"]["n"] == res.culprits_blamed
+    assert all(v["mean"] >= 0 for v in ph.values() if v["n"])
+    assert sum(b["p95_commits_by_overlapping_spans"].values()) >= 1
+    assert "| tip pass |" in bd.to_markdown(b)
+    # an ablation changes the policy (here: no detection runs behind a block)
+    off = bd.breakdown(3.0, seeds=1, commits=300, options={"detect_behind_block": False})
+    assert off["pool_hours_per_commit"] != b["pool_hours_per_commit"]
+    with pytest.raises(SystemExit):
+        bd.main(["--option", "no_such_field=1"])

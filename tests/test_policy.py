@@ -399,6 +399,28 @@ def test_rejected_promotion_stops_promoting_until_replanned():
     assert Promote("b") in acts  # b's pass is still valid on the new master's staging
 
 
+def test_retried_rejected_promotion_is_one_alert_in_the_view_per_episode():
+    p = GatePolicy(PolicyConfig(speculate=False))
+    p.handle(StagingUpdated("m", ("a", "b")))
+    (run,) = p.handle(PoolAvailable("p1"))
+    assert Promote("b") in p.handle(RunFinished(run.run_id, "pass"))
+    for _ in range(3):  # the driver re-plans and retries; master is still rejected
+        acts = p.handle(Promoted("b", ok=False, reason="hook declined"))
+        assert [a.kind for a in acts if isinstance(a, Alert)] == ["promotion-rejected"]
+        assert Promote("b") in p.handle(StagingUpdated("m", ("a", "b")))
+    rejected = [a for a in p.view()["alerts"] if a["kind"] == "promotion-rejected"]
+    assert len(rejected) == 1 and rejected[0]["commit"] == "b"
+    # another reason is another episode; so is a rejection after a successful promotion
+    p.handle(Promoted("b", ok=False, reason="master moved"))
+    assert len([a for a in p.view()["alerts"] if a["kind"] == "promotion-rejected"]) == 2
+    p.handle(StagingUpdated("m", ("a", "b")))
+    p.handle(Promoted("b", ok=True))
+    (run,) = [a for a in p.handle(StagingUpdated("b", ("c",))) if isinstance(a, StartRun)]
+    assert Promote("c") in p.handle(RunFinished(run.run_id, "pass"))
+    p.handle(Promoted("c", ok=False, reason="hook declined"))
+    assert [a["commit"] for a in p.view()["alerts"] if a["kind"] == "promotion-rejected"] == ["b", "b", "c"]
+
+
 def test_state_round_trips_exactly_through_json():
     p = GatePolicy(PolicyConfig())
     p.handle(StagingUpdated("m", tuple(f"c{i}" for i in range(10)), {"c9": "Ann <a@x>"}))
@@ -759,3 +781,34 @@ def test_behind_a_block_the_hunt_gets_a_free_pool_before_a_second_hopeful_tip():
     assert _starts(p.handle(StagingUpdated("m", ("A", "B", "revert-A", "n1")))) == []
     assert _starts(p.handle(RunFinished(confirm, "fail", ("t2",)))) == [("confirm", "B")]
     assert "n1" not in {r["commit"] for r in p.in_flight().values()}
+
+
+def test_behind_a_block_a_held_tip_with_enough_new_commits_is_run_to_find_the_next_culprit():
+    """revert mode: A is blamed and reverted, B (pushed after the revert) breaks t2 and is being
+    hunted. One new commit on top is held (it holds B: a certain failure, little news). Once
+    the commits above the last full run likely hold another culprit (1 - (1 - p)^n >= 0.3), a
+    spare pool runs the held tip anyway: its failure names the tests of a culprit among them,
+    so that hunt starts now instead of after B's revert fails. The rule off: no run."""
+    for detect in (True, False):
+        cfg = PolicyConfig(
+            confirmations=1, speculate=False, culprit_action="revert", detect_behind_block=detect
+        )
+        p = GatePolicy(cfg)
+        p.handle(StagingUpdated("m", ("A",)))
+        acts = [a for n in ("p1", "p2", "p3") for a in p.handle(PoolAvailable(n))]
+        acts = p.handle(RunFinished(_run_of(acts, "A"), "fail", ("t1",)))
+        p.handle(RunFinished(_run_of(acts, "A"), "fail", ("t1",)))
+        acts = p.handle(StagingUpdated("m", ("A", "revert-A", "B")))
+        acts = p.handle(RunFinished(_run_of(acts, "B"), "fail", ("t2",)))
+        assert _starts(acts) == [("bisect", "revert-A")]  # the hunt for t2's culprit
+        staging = ["A", "revert-A", "B", "n1"]
+        assert _starts(p.handle(StagingUpdated("m", tuple(staging)))) == []  # 1 new commit: held
+        for n in ("n2", "n3"):
+            staging.append(n)
+            assert _starts(p.handle(StagingUpdated("m", tuple(staging)))) == []  # p ≈ 0.1: 3 commits < 0.3
+        staging.append("n4")
+        acts = p.handle(StagingUpdated("m", tuple(staging)))
+        assert _starts(acts) == ([("tip", "n4")] if detect else [])
+        if detect:  # its failure of t3 (not t1, not t2) starts that culprit's hunt at once
+            acts = p.handle(RunFinished(_run_of(acts, "n4"), "fail", ("t2", "t3")))
+            assert ("bisect", "n2") in _starts(acts)
