@@ -42,6 +42,7 @@ session that no longer works fails its try like any other, and the retry logs in
 
 from __future__ import annotations
 
+import atexit
 import functools
 import random
 import select
@@ -215,6 +216,16 @@ def _bury(session: Any) -> None:
             due.append(_quarantine.popleft()[1])
     for old in due:
         old.close()
+
+
+@atexit.register
+def _close_quarantined() -> None:
+    """At exit, close the sockets still waiting out their quarantine (no port reuse after it)."""
+    with _quarantine_lock:
+        socks = [sock for _, sock in _quarantine]
+        _quarantine.clear()
+    for sock in socks:
+        sock.close()
 
 
 def _wake_io_thread() -> None:
