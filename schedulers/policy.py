@@ -885,23 +885,21 @@ class GatePolicy:
 
         tests = self._failed_tests(cand[bad])
         if bad == good + 1:  # confirm the suspect: fail again, in parallel
-            sha = cand[bad]
-            fails = sum(1 for r in s["results"][sha] if r["outcome"] == "fail")
-            running = sum(1 for r in s["runs"].values() if r["commit"] == sha)
-            for _ in range(max(0, 1 + cfg.confirmations - fails - running)):
-                if not free or sha in stalled:
-                    break
-                self._start(sha, free.pop(0), "confirm", tests, out)
+            self._confirm(cand[bad], tests, free, stalled, out)
             return
         self._probe(good, bad, free, "bisect", tests, usable, out)
         if cfg.overlap_confirmation and free:  # spare pools: confirm the failing top meanwhile
-            sha = cand[bad]
-            fails = sum(1 for r in s["results"][sha] if r["outcome"] == "fail")
-            running = sum(1 for r in s["runs"].values() if r["commit"] == sha)
-            for _ in range(max(0, 1 + cfg.confirmations - fails - running)):
-                if not free or sha in stalled:
-                    break
-                self._start(sha, free.pop(0), "confirm", tests, out)
+            self._confirm(cand[bad], tests, free, stalled, out)
+
+    def _confirm(self, sha: str, tests, free: list[str], stalled: set[str], out: list[Action]) -> None:
+        """Start the confirmation runs ``sha`` still lacks (failures known + running < 1 + x)."""
+        s = self._s
+        fails = sum(1 for r in s["results"][sha] if r["outcome"] == "fail")
+        running = sum(1 for r in s["runs"].values() if r["commit"] == sha)
+        for _ in range(max(0, 1 + self.config.confirmations - fails - running)):
+            if not free or sha in stalled:
+                break
+            self._start(sha, free.pop(0), "confirm", tests, out)
 
     def _detect(
         self, good: int, free: list[str], busy: set[str], stalled: set[str], out: list[Action]

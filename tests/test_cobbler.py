@@ -200,14 +200,17 @@ class CobblerClientTest(unittest.TestCase):
         self.assertEqual(await c.systems(pool), [])
         self.assertIsNone(self.server.get_system("bp-mgmt"))
 
-    async def test_failure_midway_rolls_back_created_systems(self):
-        # another (foreign) system already owns the MAC that host 2 of 3 wants: Cobbler refuses it
+    def _foreign_system(self, name: str, mac: str) -> None:
+        """A system qacloud did not make, owning ``mac`` (removed at cleanup)."""
         api = xmlrpc.client.ServerProxy(self.server.xmlrpc_url, allow_none=True)
         tok = api.login(self.server.username, self.server.password)
-        foreign = {"name": "foreign", "profile": "qacloud-kvm", "mac_address": "52:54:00:25:00:0b",
-                   "interface": "eth0"}  # fmt: skip
-        api.xapi_object_edit("system", "foreign", "add", foreign, tok)
-        self.addCleanup(lambda: api.remove_system("foreign", tok))
+        system = {"name": name, "profile": "qacloud-kvm", "mac_address": mac, "interface": "eth0"}
+        api.xapi_object_edit("system", name, "add", system, tok)
+        self.addCleanup(lambda: api.remove_system(name, tok))
+
+    async def test_failure_midway_rolls_back_created_systems(self):
+        # another (foreign) system already owns the MAC that host 2 of 3 wants: Cobbler refuses it
+        self._foreign_system("foreign", "52:54:00:25:00:0b")
         pool = make_pool(self.tmp, "rb", 37)
         self.addCleanup(self._cleanup_pool, pool)
         c = self.client()
@@ -243,13 +246,8 @@ class CobblerClientTest(unittest.TestCase):
         self._assert_calls_since(start, 13 + 1 + 2 + 2 * 10)
 
     async def test_concurrent_failure_rolls_back_everything_it_created(self):
-        api = xmlrpc.client.ServerProxy(self.server.xmlrpc_url, allow_none=True)
-        tok = api.login(self.server.username, self.server.password)
         # a foreign system owns kvm5's MAC: kvm5 fails while other systems are being written
-        foreign = {"name": "foreign2", "profile": "qacloud-kvm", "mac_address": "52:54:00:27:00:0f",
-                   "interface": "eth0"}  # fmt: skip
-        api.xapi_object_edit("system", "foreign2", "add", foreign, tok)
-        self.addCleanup(lambda: api.remove_system("foreign2", tok))
+        self._foreign_system("foreign2", "52:54:00:27:00:0f")
         pool = make_pool(self.tmp, "cf", 39, hypervisors=11)
         self.addCleanup(self._cleanup_pool, pool)
         c = self.client(concurrency=3)

@@ -18,9 +18,9 @@ import time
 from twisted.internet import defer
 from twisted.trial import unittest
 
-import steps.ipmi
 from lab.bmc import BmcFleet, VirtualBmc
 from steps.ipmi import BmcTarget, IpmiClient, IpmiError
+from tests.support.ipmi import count_tries
 from tests.support.procs import REPO, free_port, wait_for
 
 PASSWORD = "s3cret-bmc-pw"
@@ -114,14 +114,7 @@ class IpmiAgainstVirtualBmcs(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_wrong_password_is_a_clear_error_without_retries(self):
-        tries = []
-        real = steps.ipmi._blocking_call
-
-        def counted(target, fn, attempt):
-            tries.append(target.host)
-            return real(target, fn, attempt)
-
-        self.patch(steps.ipmi, "_blocking_call", counted)
+        tries = count_tries(self)
         with self.assertRaises(IpmiError) as cm:
             yield defer.ensureDeferred(self.client.power_on(self.target(1, password="wrong-pw-123")))
         msg = str(cm.exception)

@@ -17,11 +17,11 @@ import time
 from twisted.internet import defer
 from twisted.trial import unittest
 
-import steps.ipmi
 from lab.bmc import BmcFleet, VirtualBmc
 from lab.lossy_udp import LossyUdpRelay
 from steps.ipmi import BmcTarget, IpmiClient, IpmiError
 from tests.reliability.recorder import Recorder
+from tests.support.ipmi import count_tries
 from tests.support.procs import REPO, free_port
 
 PASSWORD = "bmc-pw-Zq8xR2"
@@ -121,14 +121,7 @@ class BmcFaults(unittest.TestCase):
         relay = self.relay(0.0)
         ipmi = self.client(timeout=2, retries=3, backoff=0.1)
         wrong = "wrong-Pw-77xQ"
-        tries = []
-        real = steps.ipmi._blocking_call
-
-        def counted(target, fn, attempt):
-            tries.append(target.host)
-            return real(target, fn, attempt)
-
-        self.patch(steps.ipmi, "_blocking_call", counted)
+        tries = count_tries(self)
         start = time.monotonic()
         with self.assertRaises(IpmiError) as cm:
             yield defer.ensureDeferred(ipmi.power_off(self.target(relay, password=wrong)))
