@@ -178,8 +178,6 @@ class CobblerClient:
                     f"unknown profile {h.profile!r} (Cobbler has: {', '.join(sorted(known)) or 'none'})",
                 )
         existing = set(await self.systems())
-        if self._token is None:
-            await self.login()  # once, before the fan-out
         created: list[str] = []
 
         async def save(h: Host) -> None:
@@ -253,8 +251,6 @@ class CobblerClient:
         """Remove the systems tagged with ``pool`` that are not in ``keep_names``; return them."""
         keep = set(keep_names)
         stale = [n for n in await self.systems(pool) if n not in keep]
-        if stale and self._token is None:
-            await self.login()
         errors = await self._fan_out(
             [lambda n=n: self._authed("remove_system", n, what=f"remove stale system {n}") for n in stale]
         )
