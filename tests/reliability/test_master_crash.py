@@ -43,8 +43,8 @@ from tests.support.procs import (
 from tests.test_gate_integration import FAILING_TEST, RUN_TESTS, TEST_APP
 
 SEED = 20240917
-COMMITS = 6
-CULPRIT_INDEX = 3  # the 4th commit breaks test_value
+COMMITS = 10  # enough gate decisions that 10 kills fit in the run whatever order runs finish in
+CULPRIT_INDEX = 6  # the 7th commit breaks test_value
 SQLITE_KILLS = 16  # seeded points on SQLite (at least 10 must be injected)
 PG_KILLS = 3
 MIN_SQLITE_KILLS = 10
@@ -260,10 +260,18 @@ def _count(seen: Counter, key: tuple) -> int:
     return seen[key] if len(key) > 1 else sum(n for ev, n in seen.items() if ev[0] == key[0])
 
 
-def _wait_point(sc: Scenario, targets: list, push_pending: bool, fallback: float | None) -> str | list:
+def _wait_point(
+    sc: Scenario,
+    targets: list,
+    push_pending: bool,
+    fallback: float | None,
+    kinds: tuple = DECISIONS,
+    since: int | None = None,
+) -> str | list:
     """Wait until a target event has happened (its occurrence count reached, across restarts) or
     a promotion is held by the origin's hook while ``push_pending``; with ``fallback`` (seconds),
-    after that long without either, until the next gate decision.
+    after that long without either, until the next gate decision (an event of ``kinds``; with
+    ``since``, the first one beyond that many, which may already be in the log).
 
     Returns the targets reached, "push", "fallback: <decision>" or "done" (the gate finished)."""
     start = checked = time.monotonic()
@@ -279,9 +287,9 @@ def _wait_point(sc: Scenario, targets: list, push_pending: bool, fallback: float
         hit = [t for t in targets if _count(seen, t[0]) >= t[1]]
         if hit:
             return hit
-        decisions = [e for e in evs if e[0] in DECISIONS]
+        decisions = [e for e in evs if e[0] in kinds]
         if fallback is not None and not base and time.monotonic() - start >= fallback:
-            base.append(len(decisions))
+            base.append(len(decisions) if since is None else min(since, len(decisions)))
         if base and len(decisions) > base[0]:
             ev = decisions[base[0]]
             return f"fallback: the next gate decision, {ev[0]}{f' ({ev[1]})' if len(ev) > 1 else ''}"
@@ -317,6 +325,7 @@ def crash_run(
     done: list[Injection] = []
     targets: list = list(points)
     push_pending = True
+    at_kill: list | None = None  # the events logged when the master was last killed
     try:
         while targets or push_pending or len(done) < min_kills:
             t0 = time.monotonic()
@@ -328,7 +337,11 @@ def crash_run(
                 seen = sum(1 for e in events(sc.log()) if e[0] in DECISIONS)
                 eager = eager or expected_decisions - seen <= needed + DECISION_MARGIN
             fallback = (0.0 if eager else FALLBACK_AFTER) if needed > 0 else None
-            got = _wait_point(sc, targets, push_pending, fallback)
+            # short of decisions: the startup FETCH of the restarted master counts too (a kill
+            # while it reconciles), so the run cannot end before the kills are done
+            kinds = (*DECISIONS, "FETCH") if eager and needed > 0 else DECISIONS
+            since = sum(1 for e in at_kill if e[0] in kinds) if eager and at_kill is not None else None
+            got = _wait_point(sc, targets, push_pending, fallback, kinds, since)
             if got == "done":
                 break
             if got == "push":
@@ -341,6 +354,7 @@ def crash_run(
                 point = " and ".join(_name(t) for t in got)
             waited = time.monotonic() - t0
             m.kill()
+            at_kill = events(sc.log())
             t1 = time.monotonic()
             m.start()
             sc.dep.wait_workers(60)
