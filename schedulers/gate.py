@@ -17,17 +17,26 @@ Every event is handled under one lock and the policy state ("policy"), the dashb
 ``setState`` after every decision. Restart safety: on activation the state is loaded and each
 remembered run is reconciled with the DB (finished while the master was down -> classified;
 still pending/running -> kept, never resubmitted; buildset missing -> inconclusive).
+
+A decision and the side effects it requires are saved together: the actions that are not
+reconciled from the DB or the repository (``CancelRun``, ``Revert``, ``Blame``, ``Alert``,
+``RecordFlake``; a ``StartRun`` is found again by its buildset's external id, a ``Promote`` by
+the policy's ``promoting``) go to an *outbox* stored in the same ``setState("policy")`` write
+as the policy state, and leave it once done. A master killed between the two finishes them at
+the next start, so a run the policy dropped is still cancelled (and logged), a blame still mailed
+and a revert still pushed (at most once: a revert already on staging is not pushed again).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import asdict, fields
 from typing import Any, ClassVar
 
 from buildbot.data import resultspec
 from buildbot.process.properties import Properties
-from buildbot.process.results import CANCELLED, RETRY
+from buildbot.process.results import CANCELLED, RETRY, statusToString
 from buildbot.schedulers.base import ReconfigurableBaseScheduler
 from twisted.internet import defer, task
 from twisted.python import log
@@ -57,6 +66,8 @@ GATE_SCHEDULER = "gate"
 NOTIFIER = "gate-notifier"
 GATE_AUTHOR = "qacloud gate <qacloud@localhost>"
 URL_HISTORY = 400  # run_id -> build URL entries kept for blame mails
+OUTBOX_KEY = "scheduler_outbox"  # in the "policy" state: actions decided and not yet done
+DURABLE: tuple[type, ...] = (CancelRun, Revert, Blame, Alert, RecordFlake)
 
 
 def _short(sha: str | None) -> str:
@@ -94,6 +105,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         # the current promotion-rejection episode: [commit, alert message] (alerted once), or None
         self._rejected: list[str] | None = None
         self._queued: list[Event] = []  # events produced while acting (Promoted)
+        self._outbox: list[dict] = []  # records of DURABLE actions decided and not yet done
 
     def checkConfig(  # type: ignore[override]
         self,
@@ -191,6 +203,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
 
     async def _load_state(self) -> None:
         state = await self.getState("policy", None)
+        self._outbox = list(state.pop(OUTBOX_KEY, None) or []) if state else []
         cfg = config_from_settings(self.gate)
         try:
             self.policy = GatePolicy(cfg, state)
@@ -217,6 +230,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
             await gitops.ensure_mirror(self.master.reactor, self.git_dir, self.repo_url)
         except gitops.GitError as e:
             log.msg(f"gate: {e}")
+        await self._finish_outbox()
         events: list[Event] = await self._reconcile()
         events.extend(self._pool_events())
         promoting = self.policy.to_state().get("promoting") if self.policy else None
@@ -225,6 +239,27 @@ class GateScheduler(ReconfigurableBaseScheduler):
             events.append(await self._promote(promoting))
         await self._process(events)
         await self._refresh()
+
+    async def _finish_outbox(self) -> None:
+        """Do the actions the previous master decided (and saved) but was killed before doing."""
+        if not self._outbox:
+            return
+        log.msg(
+            f"gate: {len(self._outbox)} action(s) decided before the restart not done yet: doing them now"
+        )
+        for rec in list(self._outbox):
+            try:
+                a = _action(rec)
+            except (KeyError, TypeError) as e:  # written by another version: say so, drop it
+                log.msg(f"gate: dropping an unreadable pending action {rec!r}: {e}")
+                self._outbox.remove(rec)
+                continue
+            await self._act(a)
+            await self._done(rec)
+
+    async def _done(self, rec: dict) -> None:
+        self._outbox.remove(rec)
+        await self._save_policy()
 
     def _pool_events(self) -> list[Event]:
         """PoolAvailable for usable pools, PoolUnavailable for quarantined or removed ones."""
@@ -379,6 +414,12 @@ class GateScheduler(ReconfigurableBaseScheduler):
         if run is None:  # cancelled by the gate: not evidence
             del self._runs[run_id]
             await self.setState("runs", self._runs)
+            build = await self._finished_build(bsid)
+            if build is not None:  # it ended before the cancel reached it
+                log.msg(
+                    f"gate: run {run_id} ended ({statusToString(build.results)}) after the gate"
+                    " cancelled it: not used"
+                )
             return
         c = await self._classify(bsid, run_id)
         await self._process([self._finished_event(run_id, run, c)])
@@ -479,15 +520,23 @@ class GateScheduler(ReconfigurableBaseScheduler):
             batch, self._queued = self._queued, []
             self.policy.config = config_from_settings(self.gate, self.policy.observed_flake_rate())
             actions = self.policy.handle_all(batch)
+            # the decision and its side effects are saved in one write (the outbox)
+            self._outbox.extend(_record(a) for a in actions if isinstance(a, DURABLE))
             await self._save()
             # runs first (fast, DB only), so a crash during a slow push loses no buildset
             for a in sorted(actions, key=lambda a: not isinstance(a, (StartRun, CancelRun))):
                 await self._act(a)
+                if isinstance(a, DURABLE):
+                    await self._done(_record(a))
         await self._save()
+
+    async def _save_policy(self) -> None:
+        assert self.policy is not None
+        await self.setState("policy", {**self.policy.to_state(), OUTBOX_KEY: self._outbox})
 
     async def _save(self) -> None:
         assert self.policy is not None and self.health is not None
-        await self.setState("policy", self.policy.to_state())
+        await self._save_policy()
         await self.setState("view", self.policy.view())
         await self.setState("runs", self._runs)
         await self.setState("urls", self._urls)
@@ -607,6 +656,10 @@ class GateScheduler(ReconfigurableBaseScheduler):
         self._last_seen = None
         try:
             await gitops.fetch(reactor, self.git_dir, self.master_branch, self.staging_branch)
+            done = await gitops.gate_revert_on_staging(reactor, self.git_dir, culprit)
+            if done:  # pushed by a master killed before it recorded the push
+                log.msg(f"gate: REVERT {culprit}: already on {self.staging_branch} ({_short(done)})")
+                return
             sha = await gitops.revert_on_staging(
                 reactor, self.git_dir, culprit, self.staging_branch, GATE_AUTHOR
             )
@@ -626,6 +679,24 @@ class GateScheduler(ReconfigurableBaseScheduler):
 
     def _now(self) -> float:
         return float(self.master.reactor.seconds())
+
+
+_ACTIONS: dict[str, type] = {cls.__name__: cls for cls in DURABLE}
+
+
+def _record(a: Any) -> dict:
+    """A DURABLE action as JSON-able data (the outbox)."""
+    return {
+        "action": type(a).__name__,
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(a).items()},
+    }
+
+
+def _action(rec: dict) -> Any:
+    """The action an outbox record describes (lists back to the tuples the actions hold)."""
+    cls = _ACTIONS[rec["action"]]
+    args = {f.name: rec[f.name] for f in fields(cls) if f.name in rec}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
 
 
 def _external_id(run_id: str) -> str:

@@ -138,6 +138,26 @@ async def push_master(reactor, git_dir: str, sha: str, master: str) -> PushResul
     return PushResult(False, text or f"git push exited {rc}")
 
 
+def revert_subject(culprit: str) -> str:
+    """The subject of the gate's revert of ``culprit``."""
+    return f"Revert {culprit[:12]}: blamed by the qacloud gate for breaking the BVT"
+
+
+async def gate_revert_on_staging(reactor, git_dir: str, culprit: str) -> str | None:
+    """The gate's revert of ``culprit`` already on the fetched staging (after the culprit), or None."""
+    _, out, _ = await _git(
+        reactor,
+        git_dir,
+        "log",
+        "--format=%H",
+        "--fixed-strings",
+        f"--grep={revert_subject(culprit)}",
+        f"{culprit}..refs/gate/staging",
+    )
+    shas = out.split()
+    return shas[0] if shas else None
+
+
 async def revert_on_staging(reactor, git_dir: str, culprit: str, staging: str, author: str) -> str:
     """Commit a revert of ``culprit`` on top of the fetched staging (authored by the gate) in
     a temporary worktree of the mirror, and push it to staging (plain push). Returns its sha."""
@@ -153,7 +173,7 @@ async def revert_on_staging(reactor, git_dir: str, culprit: str, staging: str, a
     wt = tempfile.mkdtemp(prefix="gate-revert-")
     try:
         await _git(reactor, git_dir, "worktree", "add", "-q", "--detach", wt, tip.strip())
-        msg = f"Revert {culprit[:12]}: blamed by the qacloud gate for breaking the BVT"
+        msg = revert_subject(culprit)
         await _git(reactor, None, "revert", "--no-edit", culprit, env=env, cwd=wt)
         await _git(reactor, None, "commit", "--amend", "-q", "-m", msg, env=env, cwd=wt)
         _, sha, _ = await _git(reactor, None, "rev-parse", "HEAD", cwd=wt)

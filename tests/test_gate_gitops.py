@@ -46,6 +46,11 @@ class AsyncGit(unittest.TestCase):
         assert proj.head("staging") == revert
         assert git("show", "-s", "--format=%an", revert, cwd=proj.origin) == "qacloud"
         assert "f2" not in git("ls-tree", "--name-only", revert, cwd=proj.origin).split()
+        # a restarted master finds the revert it pushed before it died, and only that one
+        assert await gitops.gate_revert_on_staging(reactor, mirror, shas[2]) is None  # not fetched yet
+        await gitops.fetch(reactor, mirror, "master", "staging")
+        assert await gitops.gate_revert_on_staging(reactor, mirror, shas[2]) == revert
+        assert await gitops.gate_revert_on_staging(reactor, mirror, shas[1]) is None
 
     def test_fetch_push_revert(self):
         tmp = Path(tempfile.mkdtemp(prefix="qacloud-gitops-"))

@@ -16,8 +16,19 @@ from twisted.trial import unittest
 
 from master.settings import Gate
 from schedulers import gitops
-from schedulers.events import PoolAvailable, Promote, RunFinished, StagingUpdated, StartRun
-from schedulers.gate import GateScheduler
+from schedulers.events import (
+    Alert,
+    Blame,
+    CancelRun,
+    PoolAvailable,
+    Promote,
+    RecordFlake,
+    Revert,
+    RunFinished,
+    StagingUpdated,
+    StartRun,
+)
+from schedulers.gate import DURABLE, OUTBOX_KEY, GateScheduler, _action, _record
 from schedulers.policy import GatePolicy, config_from_settings
 from workers import health as pool_health
 
@@ -84,14 +95,16 @@ class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unitt
         return [kw for name, kw in self.addBuildsetCalls if name == "addBuildsetForSourceStampsWithDefaults"]
 
     @defer.inlineCallbacks
-    def finish_buildset(self, bsid: int, results: int, failed: list[str] | None = None, number: int = 1):
+    def finish_buildset(
+        self, bsid: int, results: int, failed: list[str] | None = None, number: int = 1, revision: str = ""
+    ):
         """DB rows of a completed buildset with one build (what Buildbot writes)."""
         brid, buildid = bsid + 1000, bsid + 2000
         if (yield self.master.db.buildsets.getBuildset(bsid)) is None:
             yield self.master.db.insert_test_data([fakedb.Buildset(id=bsid)])
         yield self.master.db.buildsets.completeBuildset(bsid, results)
         rows = [
-            fakedb.SourceStamp(id=bsid, revision=COMMITS[-1]),
+            fakedb.SourceStamp(id=bsid, revision=revision or COMMITS[-1]),
             fakedb.BuildsetSourceStamp(buildsetid=bsid, sourcestampid=bsid),
             fakedb.BuildRequest(id=brid, buildsetid=bsid, builderid=300, complete=1, results=results),
             fakedb.Build(
@@ -242,3 +255,67 @@ class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unitt
         view = yield sched.getState("view")
         self.assertEqual(view["master"], COMMITS[-1])
         yield sched.deactivate()
+
+    def record_cancels(self, sched) -> list:
+        calls: list = []
+
+        async def control(action, args, path):
+            calls.append((action, path))
+
+        self.patch(sched.master.data, "control", control)
+        return calls
+
+    @defer.inlineCallbacks
+    def test_a_decided_cancel_is_done_and_leaves_the_outbox(self):
+        sched = yield self.make()
+        cancels = self.record_cancels(sched)
+        yield sched.activate()
+        yield self.finish_buildset(500, FAILURE, ["test_app.T.test_value"])  # r1, the tip
+        yield sched._buildset_complete(("buildsets", "500", "complete"), {"bsid": 500})
+        runs = yield sched.getState("runs")
+        self.assertLessEqual({"r2", "r3"}, set(runs))  # bisection: c3 and c6
+        yield self.finish_buildset(
+            runs["r3"]["bsid"], SUCCESS, number=2, revision=COMMITS[5]
+        )  # c6 passes: c3's run is useless
+        yield sched._buildset_complete(("buildsets", "x", "complete"), {"bsid": runs["r3"]["bsid"]})
+        self.assertEqual(cancels, [("cancel", ("buildrequests", runs["r2"]["brid"]))])
+        policy = yield sched.getState("policy")
+        self.assertEqual(policy[OUTBOX_KEY], [])
+        self.assertNotIn("r2", policy["runs"])
+        yield sched.deactivate()
+
+    @defer.inlineCallbacks
+    def test_restart_does_the_actions_decided_and_saved_before_the_master_died(self):
+        # the old master decided (c6 passed: cancel r2, blame nothing yet), saved the decision
+        # with its outbox, and was killed before cancelling r2
+        p = GatePolicy(config_from_settings(self.gate))
+        p.handle_all([PoolAvailable("pool1"), PoolAvailable("pool2")])
+        p.handle_all([StagingUpdated(MASTER, tuple(COMMITS))])
+        p.handle(RunFinished("r1", "fail", ("test_app.T.test_value",)))
+        acts = p.handle(RunFinished("r3", "pass"))
+        self.assertIn(CancelRun("r2", "result no longer needed"), acts)
+        outbox = [_record(a) for a in acts if isinstance(a, DURABLE)]
+        old = GateScheduler(name="gate", builderNames=["gate-bvt"], repo_url="/x", gate=self.gate)
+        yield self.set_fake_state(old, "policy", {**p.to_state(), OUTBOX_KEY: outbox})
+        yield self.set_fake_state(old, "runs", {"r2": {"bsid": 72, "brid": 1072}})
+        yield self.master.db.insert_test_data([fakedb.Buildset(id=72, complete=0)])
+        sched = yield self.make()
+        cancels = self.record_cancels(sched)
+        yield sched.activate()
+        self.assertEqual(cancels, [("cancel", ("buildrequests", 1072))])
+        policy = yield sched.getState("policy")
+        self.assertEqual(policy[OUTBOX_KEY], [])
+        self.assertEqual(self.origin.pushed, [COMMITS[5]])  # the promotion decided with it
+        yield sched.deactivate()
+
+    def test_outbox_records_round_trip_through_json(self):
+        import json
+
+        for a in (
+            CancelRun("r2", "result no longer needed"),
+            Blame("c" * 40, "Dev <d@example.org>", ("t.a", "t.b"), ("r1", "r4")),
+            RecordFlake("c" * 40, ("t.a",), "r3"),
+            Revert("c" * 40),
+            Alert("master-moved", "master moved outside the gate", "c" * 40),
+        ):
+            self.assertEqual(_action(json.loads(json.dumps(_record(a)))), a)

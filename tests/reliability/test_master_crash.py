@@ -30,6 +30,7 @@ from pathlib import Path
 import sqlalchemy
 from buildbot.process.results import CANCELLED, FAILURE, RETRY, SUCCESS
 
+from schedulers.gate import OUTBOX_KEY
 from tests.support.procs import (
     Deployment,
     GitProject,
@@ -173,9 +174,14 @@ class Scenario:
         return (self.dep.master.basedir / "twistd.log").read_text(errors="replace")
 
     def done(self) -> bool:
+        """Culprit blamed (decided and logged), no run in flight, master at its parent, and no
+        decided action left undone (the scheduler's outbox is empty)."""
         v = gate_state(self.dep) or {}
         blamed = any(c["commit"] == self.culprit for c in v.get("culprits", []))
-        return blamed and not v.get("runs") and self.proj.head("master") == self.parent
+        if not (blamed and not v.get("runs") and self.proj.head("master") == self.parent):
+            return False
+        pending = (gate_state(self.dep, "policy") or {}).get(OUTBOX_KEY)
+        return not pending and f"gate: BLAME {self.culprit}" in self.log()
 
 
 def start_scenario(root: Path, database: str | None = None, slow_push: bool = False) -> Scenario:
