@@ -102,6 +102,9 @@ class Gate(Located):
     culprit_action: str = check(_one_of("hold", "revert"), default="hold")
     max_inconclusive_retries: int = check(_non_negative, default=2)
     speculate: bool = True
+    # load-adaptive batching (schedulers/policy.py PolicyConfig.batch_load): when arrivals x mean
+    # run time / pools reaches this, a new tip run waits for a bigger batch; 0: off
+    batch_load: float = check(_non_negative, default=0.0)
 
     def confirmations(self, observed_flake_rate: float | None = None) -> int:
         """Re-runs needed so an innocent commit is blamed with probability <= target.

@@ -5,6 +5,10 @@ Two drivers use the very same policy: the Buildbot scheduler (``schedulers/gate.
 turns actions into buildsets and git pushes, and the benchmark simulator (``bench/gate_sim``),
 which plays git, pools and BVT outcomes on a virtual clock.
 
+Every event carries ``now``: the driver's clock when it happened (the scheduler: reactor
+seconds; the simulator: hours). The policy only compares times with each other (its load
+estimate), so the unit does not matter as long as one driver keeps to one.
+
 Commits are identified by their full SHA (str). Candidates are the first-parent commits of
 staging after master, oldest first. A run tests the tree *at* one candidate commit (which
 includes every candidate before it), so a pass at c_i justifies promoting c_1..c_i.

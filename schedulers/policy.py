@@ -8,8 +8,10 @@ known per commit the policy derives, on every event:
 * ``bad``: the lowest candidate above ``good`` with a failing run (None: no known failure).
 
 Then it plans: promote ``good``; with no failure, test the tip and let idle pools pre-test
-prefix points (speculation); with a failure, split (good, bad) into k+1 parts with the k free
-pools ((k+1)-ary prefix search, never re-testing a known result nor the known-failing top);
+prefix points (speculation; opt-in ``batch_load``: when the load estimated from the events'
+clocks makes the gate pool-bound, a new tip run waits for a bigger batch); with a failure,
+split (good, bad) into k+1 parts with the k free pools ((k+1)-ary prefix search, never
+re-testing a known result nor the known-failing top);
 when bad = good + 1 the suspect must fail ``confirmations`` more times (its parent, ``good``,
 passed) before it is blamed; a pass of the suspect makes its failure a recorded flake.
 Inconclusive runs are never evidence: they are retried on another pool, bounded.
@@ -53,6 +55,8 @@ SPECULATE_WHEN = 0.5  # speculate when P(the untested batch fails) reaches this
 STILL_FAILING_TIPS = 2  # commits after a blame failing its tests before alerting a busy gate
 REALERT_TIPS = 3  # commits after an alert failing the same tests before alerting again
 DETECT_WHEN = 0.3  # behind a block: test a held tip when P(its new commits hold a culprit) reaches this
+LOAD_ARRIVALS = 24  # the load estimate's window: the last this many arrivals on staging ...
+LOAD_RUNS = 12  # ... and the last this many finished full runs (their mean duration)
 
 
 @dataclass(frozen=True)
@@ -68,12 +72,20 @@ class PolicyConfig:
     hold_hopeless_tips: bool = True  # behind a block: test a new tip only when it may hold a fix
     overlap_confirmation: bool = True  # spare pools of a bisect round re-run the failing top
     detect_behind_block: bool = True  # behind a block: a held tip with new commits finds the next culprit
+    # load-adaptive batching: when the estimated load (arrivals x mean run time / pools)
+    # reaches ``batch_load``, a new tip run waits for ``batch_per_load`` x load new commits
+    # (or until the oldest waited ``batch_wait`` mean run times); 0: always work-conserving
+    batch_load: float = 0.0
+    batch_per_load: float = 3.0
+    batch_wait: float = 1.0
 
     def __post_init__(self) -> None:
         if self.culprit_action not in ("hold", "revert"):
             raise ValueError(f"culprit_action must be 'hold' or 'revert', got {self.culprit_action!r}")
         if self.confirmations < 0 or self.max_inconclusive_retries < 0:
             raise ValueError("confirmations and max_inconclusive_retries must not be negative")
+        if self.batch_load < 0 or self.batch_per_load < 0 or self.batch_wait < 0:
+            raise ValueError("batch_load, batch_per_load and batch_wait must not be negative")
 
 
 def _empty_state() -> dict[str, Any]:
@@ -106,6 +118,10 @@ def _empty_state() -> dict[str, Any]:
         "alerts": [],
         "rejected": None,  # the current promotion-rejection episode: [commit, message] (recorded once)
         "stats": {"runs": 0, "flakes": 0},
+        "clock": None,  # the latest event time seen (``now``, the driver's clock)
+        "arrived": {},  # candidate sha -> when the gate first saw it
+        "arrivals": [],  # when the last LOAD_ARRIVALS commits were first seen
+        "durations": [],  # the last LOAD_RUNS finished full runs' durations
     }
 
 
@@ -126,6 +142,8 @@ class GatePolicy:
         s.setdefault("parent_inconclusive", 0)
         s.setdefault("marks", [])  # (... before round 5)
         s.setdefault("rejected", None)  # (... before round 6)
+        for key, empty in (("clock", None), ("arrived", {}), ("arrivals", []), ("durations", [])):
+            s.setdefault(key, empty)  # (... before round 7)
         self._s = s
         self._index = {c: i for i, c in enumerate(s["candidates"])}
         self._parent_wanted: set[str] = set()  # per plan: tests to ask master about
@@ -140,6 +158,9 @@ class GatePolicy:
         """Apply simultaneous events (e.g. runs that ended together), then plan once."""
         out: list[Action] = []
         for event in events:
+            now = float(getattr(event, "now", 0.0) or 0.0)
+            if self._s["clock"] is None or now > self._s["clock"]:
+                self._s["clock"] = now
             self._apply(event, out)
         self._plan(out)
         return out
@@ -405,6 +426,7 @@ class GatePolicy:
 
     def _on_staging(self, ev: StagingUpdated, out: list[Action]) -> None:
         s = self._s
+        first_sight = s["master"] is None  # (the backlog found at start-up is not an arrival rate)
         old = s["candidates"]
         new = list(ev.commits)
         if s["master"] is not None and ev.master != s["master"]:
@@ -442,6 +464,14 @@ class GatePolicy:
         s["candidates"] = new
         self._index = {c: i for i, c in enumerate(new)}
         s["authors"] = {c: ev.authors.get(c, s["authors"].get(c, "")) for c in new}
+        arrived, t = s["arrived"], s["clock"] or 0.0
+        for c in new:
+            if c not in arrived:
+                arrived[c] = t
+                if not first_sight:
+                    s["arrivals"].append(t)
+        del s["arrivals"][:-LOAD_ARRIVALS]
+        s["arrived"] = {c: a for c, a in arrived.items() if c in self._index}
         s["results"] = {c: rs for c, rs in s["results"].items() if c in self._index}
         s["inconclusive"] = {c: n for c, n in s["inconclusive"].items() if c in self._index}
         s["retries"] = [r for r in s["retries"] if r["commit"] in self._index]
@@ -484,6 +514,7 @@ class GatePolicy:
             s["candidates"] = s["candidates"][i + 1 :]
             self._index = {c: j for j, c in enumerate(s["candidates"])}
             for c in cut:
+                s["arrived"].pop(c, None)
                 s["results"].pop(c, None)
                 s["authors"].pop(c, None)
                 s["inconclusive"].pop(c, None)
@@ -506,6 +537,10 @@ class GatePolicy:
             if pool["state"] == "busy":
                 pool["state"] = "idle"
         sha = run["commit"]
+        if run["tests"] is None and ev.outcome in ("pass", "fail") and run.get("started") is not None:
+            if (took := (s["clock"] or 0.0) - run["started"]) > 0:
+                s["durations"].append(took)
+                del s["durations"][:-LOAD_RUNS]
         if run["kind"] == "parent":
             self._on_parent_finished(ev, run, out)
             return
@@ -691,7 +726,7 @@ class GatePolicy:
         run_id = f"r{s['next_run']}"
         s["next_run"] += 1
         t = list(tests) if tests is not None else None
-        s["runs"][run_id] = {"commit": sha, "pool": pool, "kind": kind, "tests": t}
+        s["runs"][run_id] = {"commit": sha, "pool": pool, "kind": kind, "tests": t, "started": s["clock"]}
         s["pools"][pool].update(state="busy", run_id=run_id)
         out.append(StartRun(run_id, sha, pool, kind, tuple(t) if t is not None else None))  # type: ignore[arg-type]
 
@@ -877,6 +912,8 @@ class GatePolicy:
         if bad is None:  # work-conserving: an idle pool tests an untested tip at once; the
             # commits arriving while every pool is busy are covered together by the next one
             if usable(tip):
+                if self._batch_held(self._full_top(good), tip):
+                    return  # pool-bound: the next tip run waits for a bigger batch
                 self._start(cand[tip], free.pop(0), "tip", None, out)
                 busy.add(cand[tip])
             if cfg.speculate and free and self._worth_speculating(good, tip):
@@ -915,6 +952,48 @@ class GatePolicy:
         c = cand[tip]
         if not free or c in busy or c in stalled or s["results"].get(c):
             return
+        top = self._full_top(good)
+        if tip > top and 1 - (1 - self.culprit_rate()) ** (tip - top) >= DETECT_WHEN:
+            self._start(c, free.pop(0), "tip", None, out)
+            busy.add(c)
+
+    def load(self) -> float | None:
+        """Estimated pool load: arrival rate x mean full-run time / usable pools, both from the
+        events' own clock (the last ``LOAD_ARRIVALS`` arrivals up to now, the last ``LOAD_RUNS``
+        full runs); None until enough was seen. Above 1 the pools cannot test every commit
+        alone: the gate is pool-bound."""
+        s = self._s
+        arrivals, durations, clock = s["arrivals"], s["durations"], s["clock"]
+        pools = sum(1 for p in s["pools"].values() if p["state"] != "unavailable")
+        if len(arrivals) < LOAD_ARRIVALS // 2 or len(durations) < 3 or not pools or clock is None:
+            return None
+        span = clock - arrivals[0]
+        if span <= 0:
+            return None
+        return len(arrivals) / span * (sum(durations) / len(durations)) / pools
+
+    def _batch_held(self, top: int, tip: int) -> bool:
+        """Load-adaptive batching: hold a new tip run while the gate is pool-bound (load >=
+        ``batch_load``) and the new commits above ``top`` (the highest full run, done or in
+        flight) are fewer than ``batch_per_load`` x load, unless the oldest of them waited
+        ``batch_wait`` mean run times. Idle pools cost nothing at low load (work-conserving
+        there); under load each tip run then covers more commits. Only while a run is in
+        flight: its end re-plans (the policy has no timer)."""
+        s, cfg = self._s, self.config
+        if cfg.batch_load <= 0 or not s["runs"] or tip <= top:
+            return False
+        load = self.load()
+        if load is None or load < cfg.batch_load:
+            return False
+        if tip - top >= cfg.batch_per_load * load:
+            return False
+        mean_run = sum(s["durations"]) / len(s["durations"])
+        oldest = s["arrived"].get(s["candidates"][top + 1])
+        return oldest is not None and (s["clock"] or 0.0) - oldest < cfg.batch_wait * mean_run
+
+    def _full_top(self, good: int) -> int:
+        """The highest candidate with a full run done (not a flake) or in flight (``good`` if none)."""
+        s = self._s
         top = good
         for sha, rs in s["results"].items():
             if any(r["tests"] is None and not r["flake"] for r in rs):
@@ -922,9 +1001,7 @@ class GatePolicy:
         for r in s["runs"].values():
             if r["tests"] is None:
                 top = max(top, self._index.get(r["commit"], -1))
-        if tip > top and 1 - (1 - self.culprit_rate()) ** (tip - top) >= DETECT_WHEN:
-            self._start(c, free.pop(0), "tip", None, out)
-            busy.add(c)
+        return top
 
     def culprit_rate(self) -> float:
         """Estimated share of culprits among commits: blames against commits resolved so far
@@ -1215,4 +1292,5 @@ def config_from_settings(gate: Any, observed_flake_rate: float | None = None) ->
         bisect_failed_tests_only=gate.bisect_failed_tests_only,
         speculate=gate.speculate,
         culprit_action=gate.culprit_action,
+        batch_load=getattr(gate, "batch_load", 0.0),
     )

@@ -359,8 +359,14 @@ def test_breakdown_accounts_for_every_pool_hour_and_every_blamed_culprit():
     assert all(v["mean"] >= 0 for v in ph.values() if v["n"])
     assert sum(b["p95_commits_by_overlapping_spans"].values()) >= 1
     assert "| tip pass |" in bd.to_markdown(b)
+    assert math.isclose(b["runs_total_per_commit"] * 300, res.runs, rel_tol=1e-9)  # cancelled ones too
+    assert math.isclose(sum(b["runs_per_commit"].values()), b["runs_total_per_commit"])
     # an ablation changes the policy (here: no detection runs behind a block)
     off = bd.breakdown(3.0, seeds=1, commits=300, options={"detect_behind_block": False})
     assert off["pool_hours_per_commit"] != b["pool_hours_per_commit"]
+    # a float option (load-adaptive batching) is parsed as a number and engages at 3/h
+    assert bd._option("batch_load=1.2") == ("batch_load", 1.2)
+    batched = bd.breakdown(3.0, seeds=1, commits=300, options={"batch_load": 1.2})
+    assert batched["runs_total_per_commit"] < b["runs_total_per_commit"]
     with pytest.raises(SystemExit):
         bd.main(["--option", "no_such_field=1"])

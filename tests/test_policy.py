@@ -8,11 +8,13 @@ every action.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -85,6 +87,8 @@ class Driver:
     episode_alerted: bool = False  # an Alert since the block began
     pushed_since_blame: bool = False  # commits pushed after the last Blame of the block
     silent_stalls: list = field(default_factory=list)
+    clocked: bool = False  # events carry now = the round; commits arrive 2 per round
+    revealed: int = 0  # (clocked) commits pushed so far; a fix pushes everything before it too
 
     def __post_init__(self):
         self.policy = GatePolicy(self.cfg)
@@ -95,12 +99,16 @@ class Driver:
 
     def staging_event(self) -> StagingUpdated:
         m = "m0" if self.master < 0 else self.shas[self.master]
-        commits = tuple(self.shas[self.master + 1 :])
+        end = min(self.revealed, len(self.shas)) if self.clocked else len(self.shas)
+        commits = tuple(self.shas[self.master + 1 : end])
         return StagingUpdated(m, commits, {c: f"author-{c}" for c in commits})
 
     def send(self, ev, *more) -> None:
         self.events += 1
-        acts = self.policy.handle_all([ev, *more])
+        evs = [ev, *more]
+        if self.clocked:
+            evs = [dataclasses.replace(e, now=float(self.rounds)) for e in evs]
+        acts = self.policy.handle_all(evs)
         if self.restart_every and self.events % self.restart_every == 0:
             state = json.loads(json.dumps(self.policy.to_state()))
             assert state == self.policy.to_state()
@@ -188,6 +196,7 @@ class Driver:
         self.hist.n += 1
         self.hist.fixes[j] = culprit
         self.shas.append(f"c{j:03d}")
+        self.revealed = len(self.shas)
         self.pushed_since_blame = True
         self.send(self.staging_event())
 
@@ -237,12 +246,17 @@ class Driver:
         return ("fail", tuple(sorted(broken))) if broken else ("pass", ())
 
     def run(self, max_rounds: int = 400) -> None:
+        if self.clocked:  # the gate saw staging empty first: every commit is an arrival
+            self.send(StagingUpdated("m0", ()))
         self.send(self.staging_event())
         for p in range(self.k):
             self.send(PoolAvailable(f"pool{p}"))
-        while self.runs:
+        while self.runs or (self.clocked and self.revealed < len(self.shas)):
             self.rounds += 1
             assert self.rounds <= max_rounds, "the gate does not converge"
+            if self.clocked and self.revealed < len(self.shas):
+                self.revealed += 2
+                self.send(self.staging_event())
             batch = sorted(self.runs.values(), key=lambda r: int(r.run_id[1:]))
             self.runs.clear()
             finished = []
@@ -308,6 +322,25 @@ def test_invariants_on_random_histories(hist, k, cfg, restart_every, simultaneou
     assert len(set(d.blames)) == len(d.blames)  # each culprit blamed once
     kinds = [(a.kind, a.commit) for a in d.alerts]
     assert len(set(kinds)) == len(kinds), kinds  # no alert repeated (once per episode)
+
+
+@FAST
+@given(histories(), st.integers(1, 4), configs, st.sampled_from([0, 7]), st.booleans())
+def test_invariants_hold_with_load_adaptive_batching(hist, k, cfg, restart_every, simultaneous):
+    """The same invariants with batching engaged: a clock (the round) and a load threshold
+    every history exceeds once 12 commits and 3 full runs were seen; commits arrive 2 per
+    round. (Runs here end in lockstep, so a tip is seldom held: the staggered case is
+    ``test_under_load_a_new_tip_run_waits_for_a_bigger_batch...``. Hold mode only: the driver
+    pushes a fix after every commit not yet revealed, while the gate's revert lands at the tip.)"""
+    cfg = dataclasses.replace(cfg, batch_load=0.01, batch_per_load=10, batch_wait=3, culprit_action="hold")
+    d = Driver(hist, k, cfg, restart_every=restart_every, simultaneous=simultaneous, clocked=True)
+    d.run()
+    assert not d.silent_stalls, d.silent_stalls
+    assert d.master == d.hist.n - 1, (d.master, d.hist.n, d.blames, d.alerts)
+    assert not d.policy.view()["runs"]
+    assert len(set(d.blames)) == len(d.blames)
+    kinds = [(a.kind, a.commit) for a in d.alerts]
+    assert len(set(kinds)) == len(kinds), kinds
 
 
 @FAST
@@ -812,3 +845,97 @@ def test_behind_a_block_a_held_tip_with_enough_new_commits_is_run_to_find_the_ne
         if detect:  # its failure of t3 (not t1, not t2) starts that culprit's hunt at once
             acts = p.handle(RunFinished(_run_of(acts, "n4"), "fail", ("t2", "t3")))
             assert ("bisect", "n2") in _starts(acts)
+
+
+def _play_clean_queue(cfg: PolicyConfig, every: float, commits: int, run_hours: float = 2.0):
+    """Commits arrive every ``every`` h on 3 pools, every run passes after ``run_hours``; the
+    driver acknowledges promotions at once. Returns (policy, tip runs as (start h, commit,
+    new commits it covered beyond the last full run, load estimate), commits left unpromoted)."""
+    p = GatePolicy(cfg)
+    p.handle(StagingUpdated("m", (), now=0.0))
+    ends: list[tuple[float, str]] = []
+    tips: list[tuple[float, str, int, float | None]] = []
+    staging: list[str] = []
+    master = "m"
+
+    def play(acts: list, now: float) -> None:
+        nonlocal master
+        for a in acts:
+            if isinstance(a, StartRun):
+                ends.append((now + run_hours, a.run_id))
+                if a.kind == "tip":
+                    top = max(
+                        [
+                            staging.index(r["commit"])
+                            for r in p.in_flight().values()
+                            if r["commit"] != a.commit
+                        ]
+                        + [staging.index(master) if master in staging else -1]
+                    )
+                    tips.append((now, a.commit, staging.index(a.commit) - top, p.load()))
+            elif isinstance(a, CancelRun):
+                ends[:] = [e for e in ends if e[1] != a.run_id]
+            elif isinstance(a, Promote):
+                master = a.commit
+                rest = tuple(staging[staging.index(master) + 1 :])
+                play(p.handle(Promoted(master, now=now)), now)
+                play(p.handle(StagingUpdated(master, rest, now=now)), now)
+
+    for n in ("p1", "p2", "p3"):
+        play(p.handle(PoolAvailable(n, now=0.0)), 0.0)
+    arrivals = [(i * every, f"c{i:03d}") for i in range(commits)]
+    while arrivals or ends:
+        t_arr = arrivals[0][0] if arrivals else math.inf
+        t_end = min(ends)[0] if ends else math.inf
+        if t_arr <= t_end:
+            now, sha = arrivals.pop(0)
+            staging.append(sha)
+            rest = tuple(staging[staging.index(master) + 1 :] if master in staging else staging)
+            play(p.handle(StagingUpdated(master, rest, now=now)), now)
+        else:
+            now, rid = min(ends)
+            ends.remove((now, rid))
+            play(p.handle(RunFinished(rid, "pass", now=now)), now)
+    left = len(staging) - 1 - (staging.index(master) if master in staging else -1)
+    return p, tips, left
+
+
+def test_under_load_a_new_tip_run_waits_for_a_bigger_batch_and_at_low_load_runs_at_once():
+    """Load-adaptive batching. A commit every 0.25 h, 2 h runs, 3 pools: load = 4/h x 2 h / 3
+    ≈ 2.7 (pool-bound). Work-conserving, every freed pool tests the tip at once (≈ 2-3 new
+    commits per run); with ``batch_load`` = 1 a tip run waits for 3 x load ≈ 8 new commits or
+    for its oldest commit to wait one mean run time, so far fewer runs cover the same commits,
+    and every commit is still promoted. At a commit per hour (load 0.67) nothing is held:
+    the very same runs. The lever off (``batch_load`` = 0): no run is ever held."""
+    _, off_tips, off_left = _play_clean_queue(PolicyConfig(speculate=False), 0.25, 120)
+    on, on_tips, on_left = _play_clean_queue(PolicyConfig(speculate=False, batch_load=1.0), 0.25, 120)
+    assert off_left == on_left == 0  # liveness: held runs start when a run ends
+    loads = [load for t, _, _, load in on_tips + off_tips if 6 <= t <= 30]  # known after 12 arrivals
+    assert loads and all(load == pytest.approx(8 / 3, rel=0.15) for load in loads)
+    assert len(on_tips) < 0.6 * len(off_tips)
+    warm = [n for t, _, n, _ in on_tips if 6 <= t <= 30]
+    cold = [n for t, _, n, _ in off_tips if 6 <= t <= 30]
+    assert warm and min(warm) >= 8 and sum(cold) / len(cold) < 4  # 3 x load new commits per run
+    assert json.loads(json.dumps(on.to_state())) == on.to_state()
+    low_off = _play_clean_queue(PolicyConfig(speculate=False), 1.0, 40)[1]
+    low_on = _play_clean_queue(PolicyConfig(speculate=False, batch_load=1.0), 1.0, 40)[1]
+    assert low_on == low_off
+
+
+def test_states_saved_before_load_tracking_load_and_resume():
+    p = GatePolicy(PolicyConfig(batch_load=1.0))
+    p.handle(StagingUpdated("m", ("a",), now=5.0))
+    (run,) = _starts_of(p.handle(PoolAvailable("p1", now=5.0)))
+    old = p.to_state()
+    for key in ("clock", "arrived", "arrivals", "durations"):
+        del old[key]
+    for r in old["runs"].values():
+        del r["started"]
+    q = GatePolicy(PolicyConfig(batch_load=1.0), old)
+    assert q.load() is None
+    assert Promote("a") in q.handle(RunFinished(run.run_id, "pass", now=7.0))
+    assert q.to_state()["durations"] == []  # the run's start was not recorded: no duration
+
+
+def _starts_of(acts: list) -> list[StartRun]:
+    return [a for a in acts if isinstance(a, StartRun)]

@@ -2,7 +2,8 @@
 
 Three tables over seeds (docs/performance.md "Where the time goes"):
 
-* pool-hours per commit by run kind and outcome (a cancelled run counts until its cancel);
+* pool-hours and runs per commit by run kind and outcome (a cancelled run counts until its
+  cancel, and as one run);
 * per blamed culprit, the phases of the span it blocks: culprit lands -> the first failing
   run containing it ends (*detect*) -> blame (*hunt*) -> revert pushed -> the revert is
   promoted (*unblock*), split by whether the revert's tree still held another culprit
@@ -40,6 +41,7 @@ def breakdown(
     """Simulate qacloud at ``rate`` over seeds 1..``seeds``; return the three breakdowns."""
     sc = Scenario()
     pool_h: dict[str, float] = {}
+    n_runs: dict[str, int] = {}
     phases: dict[str, list[float]] = {"detect": [], "hunt": [], "unblock": [], "unblock_chained": []}
     overlap: dict[int, int] = {}
     p95s, medians = [], []
@@ -53,6 +55,7 @@ def breakdown(
             cancelled = r.cancelled_at is not None
             key = f"{r.kind} cancelled" if cancelled else f"{r.kind} {r.outcome}"
             pool_h[key] = pool_h.get(key, 0.0) + ((r.cancelled_at if cancelled else r.end) - r.start)
+            n_runs[key] = n_runs.get(key, 0) + 1
         spans = []
         for c in trace:
             if not c.is_culprit:
@@ -90,6 +93,8 @@ def breakdown(
         "median": statistics.fmean(medians),
         "pool_hours_per_commit": {k: v / (seeds * commits) for k, v in pool_h.items()},
         "pool_hours_total_per_commit": total / (seeds * commits),
+        "runs_per_commit": {k: v / (seeds * commits) for k, v in n_runs.items()},
+        "runs_total_per_commit": sum(n_runs.values()) / (seeds * commits),
         "phases": {
             k: {"n": len(v), "mean": statistics.fmean(v) if v else math.nan, "p90": quantile(v, 0.9)}
             for k, v in phases.items()
@@ -102,15 +107,17 @@ def to_markdown(b: dict[str, Any]) -> str:
     """The breakdown as Markdown tables."""
     lines = [
         f"qacloud at {b['rate']:g}/h, {b['seeds']} seeds × {b['commits']} commits: p95 {b['p95']:.1f} h,"
-        f" median {b['median']:.2f} h, {b['pool_hours_total_per_commit']:.3f} pool-h/commit",
+        f" median {b['median']:.2f} h, {b['pool_hours_total_per_commit']:.3f} pool-h/commit,"
+        f" {b['runs_total_per_commit']:.3f} runs/commit",
         "",
-        "| run kind, outcome | pool-h/commit | share |",
-        "|---|---|---|",
+        "| run kind, outcome | pool-h/commit | share | runs/commit |",
+        "|---|---|---|---|",
     ]
     total = b["pool_hours_total_per_commit"]
     for k, v in sorted(b["pool_hours_per_commit"].items(), key=lambda kv: -kv[1]):
         if v >= 0.0005:
-            lines.append(f"| {k} | {v:.3f} | {100 * v / total:.0f} % |")
+            n = b["runs_per_commit"].get(k, 0.0)
+            lines.append(f"| {k} | {v:.3f} | {100 * v / total:.0f} % | {n:.3f} |")
     lines += ["", "| phase per blamed culprit | n | mean h | p90 h |", "|---|---|---|---|"]
     for k, v in b["phases"].items():
         lines.append(f"| {k} | {v['n']} | {v['mean']:.2f} | {v['p90']:.2f} |")
@@ -127,10 +134,12 @@ def _option(text: str) -> tuple[str, Any]:
     low = value.lower()
     if low in ("true", "false"):
         return key, low == "true"
-    try:
-        return key, int(value)
-    except ValueError:
-        return key, value
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
 
 
 def policies_config():

@@ -406,6 +406,7 @@ def qacloud_policy(scenario: Scenario, trace: list[Commit]):
             bisect_failed_tests_only=gate.bisect_failed_tests_only,
             speculate=gate.speculate,
             culprit_action=gate.culprit_action,
+            batch_load=gate.batch_load,
         )
     )
 
