@@ -24,7 +24,8 @@ reconciled from the DB or the repository (``CancelRun``, ``Revert``, ``Blame``, 
 the policy's ``promoting``) go to an *outbox* stored in the same ``setState("policy")`` write
 as the policy state, and leave it once done. A master killed between the two finishes them at
 the next start, so a run the policy dropped is still cancelled (and logged), a blame still mailed
-and a revert still pushed (at most once: a revert already on staging is not pushed again).
+(a mail leaves the outbox once sent or refused: at least once) and a revert still pushed (at
+most once: a revert already on staging is not pushed again).
 """
 
 from __future__ import annotations
@@ -254,12 +255,22 @@ class GateScheduler(ReconfigurableBaseScheduler):
                 log.msg(f"gate: dropping an unreadable pending action {rec!r}: {e}")
                 self._outbox.remove(rec)
                 continue
-            await self._act(a)
+            await self._act_durable(a, rec)
+
+    async def _act_durable(self, a: Action, rec: dict) -> None:
+        """Do an outbox action; it leaves the outbox once done -- for a mail, once the mail went
+        out (or failed, which the notifier logs), so a kill before that sends it again."""
+        mail = await self._act(a)
+        if mail is None:
             await self._done(rec)
+            return
+        mail.addBoth(lambda _: self._lock.run(lambda: defer.ensureDeferred(self._done(rec))))
+        mail.addErrback(log.err, "gate: recording a sent notification")
 
     async def _done(self, rec: dict) -> None:
-        self._outbox.remove(rec)
-        await self._save_policy()
+        if rec in self._outbox:
+            self._outbox.remove(rec)
+            await self._save_policy()
 
     def _pool_events(self) -> list[Event]:
         """PoolAvailable for usable pools, PoolUnavailable for quarantined or removed ones."""
@@ -525,9 +536,10 @@ class GateScheduler(ReconfigurableBaseScheduler):
             await self._save()
             # runs first (fast, DB only), so a crash during a slow push loses no buildset
             for a in sorted(actions, key=lambda a: not isinstance(a, (StartRun, CancelRun))):
-                await self._act(a)
                 if isinstance(a, DURABLE):
-                    await self._done(_record(a))
+                    await self._act_durable(a, _record(a))
+                else:
+                    await self._act(a)
         await self._save()
 
     async def _save_policy(self) -> None:
@@ -543,7 +555,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
         await self.setState("health", self.health.to_state())
         await self.setState("promotion_rejected", self._rejected)
 
-    async def _act(self, a: Action) -> None:
+    async def _act(self, a: Action) -> defer.Deferred | None:
+        """Do one action; returns the notification it mails in the background, if any."""
         if isinstance(a, StartRun):
             await self._start_run(a)
         elif isinstance(a, CancelRun):
@@ -558,23 +571,24 @@ class GateScheduler(ReconfigurableBaseScheduler):
                 self._rejected = None
             self._queued.append(promoted)
         elif isinstance(a, Alert) and a.kind == "promotion-rejected":
-            self._promotion_rejected(a)
+            return self._promotion_rejected(a)
         elif isinstance(a, Blame):
             urls = [self._urls[r] for r in a.run_ids if r in self._urls]
             log.msg(
                 f"gate: BLAME {a.commit} by {a.author or '?'}: breaks"
                 f" {', '.join(a.failed_tests) or 'the BVT'} (runs {', '.join(a.run_ids)})"
             )
-            self._notify("blame", a.commit, a.author, list(a.failed_tests), urls)
+            return self._notify("blame", a.commit, a.author, list(a.failed_tests), urls)
         elif isinstance(a, RecordFlake):
             log.msg(f"gate: FLAKE {', '.join(a.tests) or 'tests'} at {_short(a.commit)} (run {a.run_id})")
         elif isinstance(a, Alert):
             log.msg(f"gate: ALERT {a.kind}: {a.message}")
-            self._notify("alert", a.kind, a.message)
+            return self._notify("alert", a.kind, a.message)
         elif isinstance(a, Revert):
             await self._revert(a.commit)
         else:
             log.msg(f"gate: unknown action {a!r}")
+        return None
 
     async def _start_run(self, a: StartRun) -> None:
         props = Properties()
@@ -641,15 +655,15 @@ class GateScheduler(ReconfigurableBaseScheduler):
             log.msg(f"gate: PROMOTE {sha} failed: {result.reason}")
         return Promoted(sha, result.ok, result.reason, self._now())
 
-    def _promotion_rejected(self, a: Alert) -> None:
+    def _promotion_rejected(self, a: Alert) -> defer.Deferred | None:
         """Alert once per rejection episode (same commit, same reason); later retries only log."""
         episode = [a.commit, a.message]
         if self._rejected == episode:
             log.msg(f"gate: PROMOTE {_short(a.commit)} still rejected (alerted already): retrying quietly")
-            return
+            return None
         self._rejected = episode
         log.msg(f"gate: ALERT {a.kind}: {a.message}")
-        self._notify("alert", a.kind, a.message)
+        return self._notify("alert", a.kind, a.message)
 
     async def _revert(self, culprit: str) -> None:
         reactor = self.master.reactor
@@ -669,13 +683,15 @@ class GateScheduler(ReconfigurableBaseScheduler):
             return
         log.msg(f"gate: REVERT {culprit}: pushed revert {sha} to {self.staging_branch}")
 
-    def _notify(self, method: str, *args: Any) -> None:
-        """Call the gate-notifier service in the background (mail must not stall decisions)."""
+    def _notify(self, method: str, *args: Any) -> defer.Deferred | None:
+        """Call the gate-notifier service in the background (mail must not stall decisions);
+        the returned Deferred fires (never fails) when it is done."""
         svc = self.master.namedServices.get(NOTIFIER)
         if svc is None or not hasattr(svc, method):
-            return
+            return None
         d = defer.ensureDeferred(getattr(svc, method)(*args))
         d.addErrback(log.err, f"gate: notifier {method} failed")
+        return d
 
     def _now(self) -> float:
         return float(self.master.reactor.seconds())

@@ -28,7 +28,7 @@ from schedulers.events import (
     StagingUpdated,
     StartRun,
 )
-from schedulers.gate import DURABLE, OUTBOX_KEY, GateScheduler, _action, _record
+from schedulers.gate import DURABLE, NOTIFIER, OUTBOX_KEY, GateScheduler, _action, _record
 from schedulers.policy import GatePolicy, config_from_settings
 from workers import health as pool_health
 
@@ -319,3 +319,31 @@ class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unitt
             Alert("master-moved", "master moved outside the gate", "c" * 40),
         ):
             self.assertEqual(_action(json.loads(json.dumps(_record(a)))), a)
+
+    @defer.inlineCallbacks
+    def test_a_blame_leaves_the_outbox_only_once_its_mail_went_out_and_is_mailed_after_a_restart(self):
+        mails: list[tuple] = []
+        gate_open = defer.Deferred()
+
+        class Notifier:  # the gate-notifier service's interface; the mail "sends" when released
+            async def blame(self, commit, author, failed_tests, urls):
+                mails.append((commit, tuple(failed_tests)))
+                await gate_open
+                return True
+
+        blame = Blame(COMMITS[2], "Dev <d@example.org>", ("test_app.T.test_value",), ("r2", "r4"))
+        old = GateScheduler(name="gate", builderNames=["gate-bvt"], repo_url="/x", gate=self.gate)
+        p = GatePolicy(config_from_settings(self.gate))
+        yield self.set_fake_state(old, "policy", {**p.to_state(), OUTBOX_KEY: [_record(blame)]})
+        sched = yield self.make()
+        self.master.namedServices[NOTIFIER] = Notifier()
+        self.addCleanup(self.master.namedServices.pop, NOTIFIER, None)
+        yield sched.activate()
+        self.assertEqual(mails, [(COMMITS[2], ("test_app.T.test_value",))])  # mailed after the restart
+        policy = yield sched.getState("policy")
+        self.assertEqual(policy[OUTBOX_KEY], [_record(blame)])  # not sent yet: a kill now mails again
+        gate_open.callback(None)
+        yield sched._lock.run(lambda: defer.succeed(None))
+        policy = yield sched.getState("policy")
+        self.assertEqual(policy[OUTBOX_KEY], [])
+        yield sched.deactivate()

@@ -141,6 +141,7 @@ def test_git_hazards_alert_never_force_and_recover(tmp_path, reliability):
         assert proj.head("master") == d
         hook.unlink()
         wait_for(lambda: proj.head("master") == e, 60, "E promoted once the hook is gone")
+        wait_for(lambda: e in master_updates(origin), 10, "the origin's post-receive record of E")
         outcomes["push rejected"] = _fast_forward_only(origin) and master_updates(origin).count(e) == 1
 
         # 4: the origin disappears (renamed), a commit lands meanwhile, then it comes back
@@ -159,6 +160,8 @@ def test_git_hazards_alert_never_force_and_recover(tmp_path, reliability):
         outcomes["origin unreachable"] = _fast_forward_only(origin) and m.pid() == pid
 
         # overall: one master process throughout, never a force push, no commit pushed twice
+        # (git runs post-receive, which records the update, just after it moved the ref)
+        wait_for(lambda: master_updates(origin)[-1:] == [f], 10, "the origin's post-receive record of F")
         updates = master_updates(origin)
         assert m.pid() == pid and _alive(pid)
         assert updates == [a, hot, b, d, e, f], updates

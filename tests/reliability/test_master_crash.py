@@ -405,6 +405,9 @@ def _check(sc: Scenario, done: list[Injection]) -> dict:
     if retries > inconclusive:
         repeated_keys.append(("retry runs", retries, "inconclusive runs", inconclusive))
     passed = {b["props"]["revision"] for b in finished if b["results"] == SUCCESS}
+    # git runs post-receive (which records each update) just after it moved the ref
+    head = sc.proj.head("master")
+    wait_for(lambda: master_updates(sc.proj.origin)[-1:] == [head], 10, "the post-receive record of master")
     updates = master_updates(sc.proj.origin)
     reflog = master_reflog(sc.proj.origin)
     forward = all(
