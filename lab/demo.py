@@ -483,7 +483,9 @@ class Demo:
         self.say("        (the demo's stand-in for a CloudStack deployment and Marvin)")
         self.say("")
         result = self.report(self.story())
-        self.paths.result.write_text(json.dumps(result, indent=1))
+        tmp = self.paths.result.with_suffix(".tmp")  # renamed: readers never see half a file
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(self.paths.result)
         if self.ci and not self.keep_up:
             return 0 if result["ok"] else 1
         if self.ci:

@@ -137,6 +137,8 @@ def test_gate_bisects_blames_survives_sigkill_and_promotes_the_fix(tmp_path):
         # the runs in flight at the kill were reconciled on restart (waited for, or read back
         # if they had just finished), never resubmitted as new gate runs (checked above)
         assert running
-        assert re.search(r"gate: run r\d+ of \w+ (still pending/running|finished while the master)", log)
+        assert re.search(
+            r"gate: run r\d+ of \w+ (still pending/running|finished while the master|finished \(build)", log
+        )
     finally:
         dep.stop()

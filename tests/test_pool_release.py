@@ -6,9 +6,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import urllib.request
-from pathlib import Path
 
-from tests.support.procs import BIN, GitProject, free_port, make_deployment, run, simple_pool, wait_for
+from tests.support.procs import (
+    BIN,
+    GitProject,
+    _alive,
+    free_port,
+    make_deployment,
+    run,
+    simple_pool,
+    wait_for,
+)
 
 QA_PASSWORD = "qa-Password-81c2"
 
@@ -82,7 +90,7 @@ def test_pool_release_returns_a_quarantined_pool_to_service(tmp_path):
         pool2 = next(w for w in dep.workers if w.name == "pool2-qavm")
         pid = pool2.pid()
         pool2.kill()
-        wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, "pool2's worker to die")
+        wait_for(lambda: not _alive(pid), 10, "pool2's worker to die")  # (a zombie counts as dead)
         (pool2.basedir / "twistd.pid").unlink(missing_ok=True)
         wait_for(lambda: _pool_state(dep, "pool2") == "unavailable", 30, "pool2 to be quarantined")
         assert "quarantined" in _view(dep)["pools"]["pool2"]["reason"]

@@ -9,6 +9,8 @@ requests are served before try requests waiting for the same pool.
 from __future__ import annotations
 
 import subprocess
+import tempfile
+import time
 
 import pytest
 
@@ -38,8 +40,13 @@ diff --git a/run-tests.sh b/run-tests.sh
 """
 
 
-def try_client(dep, proj, patch_file, user="alice", password=None, extra=(), timeout=120):
-    """Run ``buildbot try``; returns (returncode or None if it hung and was killed, output)."""
+REFUSED = ("RemoteError", "Unauthorized")  # what the client prints for a refused login
+
+
+def try_client(dep, proj, patch_file, user="alice", password=None, extra=(), timeout=120, until=()):
+    """Run ``buildbot try``; returns (returncode, or None if it was still running and was killed,
+    output). ``until``: stop it as soon as its output shows one of these strings (the 4.3 client
+    hangs after a refused login instead of exiting)."""
     m = dep.master
     password = m.secrets[f"user-{user}"] if password is None else password
     try_port = _try_port(dep)
@@ -58,12 +65,23 @@ def try_client(dep, proj, patch_file, user="alice", password=None, extra=(), tim
         "--builder=try-bvt",
         *extra,
     ]
-    try:
-        p = subprocess.run(argv, cwd=proj.work, capture_output=True, text=True, timeout=timeout)
-        return p.returncode, p.stdout + p.stderr
-    except subprocess.TimeoutExpired as e:  # the 4.3 client hangs after a refused login
-        out = (e.stdout or b"") + (e.stderr or b"")
-        return None, out.decode(errors="replace") if isinstance(out, bytes) else out
+    with tempfile.TemporaryFile() as f:
+        p = subprocess.Popen(argv, cwd=proj.work, stdout=f, stderr=subprocess.STDOUT)
+
+        def output() -> str:
+            f.seek(0)
+            return f.read().decode(errors="replace")
+
+        deadline = time.monotonic() + timeout
+        while p.poll() is None and time.monotonic() < deadline:
+            if until and any(u in output() for u in until):
+                break
+            time.sleep(0.1)
+        rc = p.poll()
+        if rc is None:
+            p.kill()
+            p.wait()
+        return rc, output()
 
 
 def _try_port(dep) -> int:
@@ -104,7 +122,7 @@ def test_try_accepts_refuses_fails_bad_patch_and_survives_reconfig(deployment, t
     bad.write_text(BAD_PATCH)
 
     # bad credentials: refused, nothing scheduled
-    rc, out = try_client(dep, proj, good, password="wrong-password", timeout=8)
+    rc, out = try_client(dep, proj, good, password="wrong-password", timeout=60, until=REFUSED)
     assert rc != 0, out
     assert "RemoteError" in out or "Unauthorized" in out, out
     assert "invalid login from user 'alice'" in (m.basedir / "twistd.log").read_text()

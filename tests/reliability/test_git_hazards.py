@@ -107,7 +107,9 @@ def test_git_hazards_alert_never_force_and_recover(tmp_path, reliability):
         outcomes["master moved"] = _fast_forward_only(origin) and hot in master_reflog(origin)
 
         # 2: staging force-pushed while the tip is being tested: its commits are dropped
-        c1 = proj.commit("c1 (slow)", {"slow.txt": "6\n", "c.txt": "1\n"})
+        # slow enough that the gate sees the force-push first even on a loaded machine (the run
+        # is cancelled then, so the length costs nothing)
+        c1 = proj.commit("c1 (slow)", {"slow.txt": "30\n", "c.txt": "1\n"})
         c2 = proj.commit("c2 (slow)", {"c.txt": "2\n"})
         proj.push_staging()
 

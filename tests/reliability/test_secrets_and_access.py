@@ -24,7 +24,7 @@ from master.inventory import load_inventory
 from tests.reliability.secret_scan import scan
 from tests.support.procs import GitProject, free_port, make_deployment, simple_pool, wait_for
 from tests.support.smtp import SmtpServer
-from tests.test_try import GOOD_PATCH, try_client
+from tests.test_try import GOOD_PATCH, REFUSED, try_client
 
 SUITE = {"run-tests.sh": "#!/bin/sh\necho 'ran the suite'\nexit 0\n"}
 
@@ -152,7 +152,7 @@ def test_no_secret_leaks_and_control_needs_login(lab_deployment, tmp_path, relia
     # 3. try with a wrong password (refused), so the try path has run too
     patch = tmp_path / "p.diff"
     patch.write_text(GOOD_PATCH)
-    rc, out = try_client(dep, proj, patch, password="wrong-password", timeout=8)
+    rc, out = try_client(dep, proj, patch, password="wrong-password", timeout=60, until=REFUSED)
     assert rc != 0, out
 
     # 4. the scan
