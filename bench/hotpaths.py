@@ -536,8 +536,9 @@ def cobbler_pool(name: str, index: int, n_systems: int, cobbler_url: str, workdi
 async def cobbler_sync_async(
     server, workdir: Path, sizes: tuple[int, ...] = (1, 50), repeat: int = 3, pool_name: str = BENCH_POOL
 ) -> dict:
-    """Register ``n`` systems (all new) + ``sync`` through ``CobblerClient``, as ProvisionPool
-    does (register_pool, remove_stale, sync); median of ``repeat`` rounds per size; the pool's
+    """Register ``n`` systems (all new) + sync them through ``CobblerClient``, as ProvisionPool
+    does (register_pool, remove_stale, then the per-system ``sync_systems`` of the pool's
+    systems, not the full ``sync``); median of ``repeat`` rounds per size; the pool's
     systems are removed (untimed) before each round and at the end. N = min(sizes) is the
     baseline."""
     from steps.cobbler import CobblerClient
@@ -555,7 +556,7 @@ async def cobbler_sync_async(
                 names = await client.register_pool(pool)
                 await client.remove_stale(pool, names)
                 t1 = time.perf_counter()
-                await client.sync()
+                await client.sync_systems(names)
                 t2 = time.perf_counter()
                 reg.append(t1 - t0)
                 sync.append(t2 - t1)
@@ -587,12 +588,14 @@ async def cobbler_sync_async(
         "measured_s": rows[big]["total_s"],
         "ratio": ratio,
         "target": None,
+        "sync": "per-system (sync_systems: Cobbler's background_syncsystems task, polled)",
         "via": "steps.cobbler.CobblerClient -> lab/cobbler.py (real cobblerd 3.3.10)",
     }
 
 
 def cobbler_sync(n: int = 50, repeat: int = 3) -> dict:
-    """Register + sync ``n`` systems on a real cobblerd of its own (free ports; stopped after)."""
+    """Register + per-system sync of ``n`` systems on a real cobblerd of its own (free ports; stopped
+    after)."""
     miss = _missing("Cobbler sync", ["lab.cobbler", "steps.cobbler"])
     if miss:
         return miss

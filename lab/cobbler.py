@@ -400,6 +400,25 @@ class CobblerServer:
                 api.xapi_object_edit("profile", name, "add", attrs, tok)
         return distro
 
+    def set_task_trigger(self, task: str, name: str, script: str | None) -> None:
+        """Install the executable ``script`` as ``/var/lib/cobbler/triggers/task/<task>/pre/<name>``
+        in cobblerd's namespace (``None``: remove it). Cobbler runs it before each ``<task>``
+        background task (e.g. ``syncsystems``); a non-zero exit fails the task: tests provoke
+        a failing or slow Cobbler task with it."""
+        if self._cobblerd is None or self._cobblerd.poll() is not None:
+            raise CobblerLabError("set_task_trigger: cobblerd is not running")
+        if not re.fullmatch(r"[a-z_]+", task) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise CobblerLabError(f"set_task_trigger: bad task {task!r} or trigger name {name!r}")
+        where = f"/var/lib/cobbler/triggers/task/{task}/pre"
+        if script is None:
+            cmd, data = f"rm -f {where}/{name}", None
+        else:
+            cmd, data = f"mkdir -p {where} && cat > {where}/{name} && chmod 755 {where}/{name}", script
+        ns = ["nsenter", "--target", str(self._cobblerd.pid), "--mount", "--", "sh", "-c", cmd]
+        p = subprocess.run(ns, input=data, capture_output=True, text=True, timeout=10)
+        if p.returncode != 0:
+            raise CobblerLabError(f"set_task_trigger {where}/{name}: {p.stderr.strip()}")
+
     def get_system(self, name: str) -> dict | None:
         """A system as Cobbler stores it, or None (for assertions in tests)."""
         s = xmlrpc.client.ServerProxy(self.xmlrpc_url, allow_none=True).get_system(name)

@@ -7,12 +7,18 @@ Stand-in for the Apache + mod_wsgi front end of a Cobbler server (lab use only).
 Usage: ``python cobbler_svc.py PORT XMLRPC_PORT``. ``POST /cobbler_api`` is forwarded to
 cobblerd's XML-RPC port, as Apache's ``ProxyPass /cobbler_api`` does; everything else goes to the wheel's
 ``var/www/cobbler/svc/services.py`` (``nopxe``, ``autoinstall``, ``list``, ``ipxe``, ``trig``...).
+
+Log (stderr): the access log line of every request (written after the answer is sent), and for
+each proxied XML-RPC call a ``svc xmlrpc <method>`` line written *before* the answer is sent, so
+a caller that got its answer finds its call logged (tests count API calls with it). Only the
+method name is logged, never the arguments (``login`` carries the password).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 import sysconfig
 import urllib.error
@@ -42,6 +48,15 @@ def _check_port(xmlrpc_port: int) -> None:
         sys.exit(f"cobbler_svc: {SETTINGS}: xmlrpc_port is {port!r}, but cobblerd listens on {xmlrpc_port}")
 
 
+_METHOD = re.compile(rb"<methodName>\s*([A-Za-z0-9_.]{1,100})\s*</methodName>")
+
+
+def _log_call(body: bytes) -> None:
+    m = _METHOD.search(body[:4096])
+    method = m.group(1).decode() if m else "?"
+    os.write(2, f"svc xmlrpc {method}\n".encode())  # one write(2) to an O_APPEND log: whole lines
+
+
 def make_app(xmlrpc_port: int):
     services = _load_services()
     xmlrpc = f"http://127.0.0.1:{xmlrpc_port}/"
@@ -56,6 +71,7 @@ def make_app(xmlrpc_port: int):
             data, status = e.read(), f"{e.code} {e.reason}"
         except OSError as e:
             data, status = f"cobblerd at {xmlrpc} is not answering: {e}".encode(), "502 Bad Gateway"
+        _log_call(body)
         start_response(status, [("Content-Type", "text/xml"), ("Content-Length", str(len(data)))])
         return [data]
 

@@ -11,16 +11,25 @@ The BMC password is **not** stored in Cobbler: qacloud drives power itself over 
 (steps/ipmi.py), and Cobbler returns ``power_pass`` in clear to any API reader. Cobbler gets the
 BMC address, port (``power_options``: ``ipport=``) and user, so ``cobbler system report`` still
 tells an admin where the BMC is.
+
+PXE files: saving a system already makes Cobbler write that system's ``pxelinux.cfg/01-<mac>``
+(its "lite sync"); ``sync_systems`` re-writes the given systems' files and the PXE menu as a
+background task and waits for it. It never touches other systems' files, unlike the full
+``sync``, which first empties ``pxelinux.cfg`` for every system on the server: a host of another
+pool sharing the Cobbler server that PXE-boots at that moment finds no config.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
+import time
 import xmlrpc.client
+from collections.abc import Iterable
 from io import BytesIO
 from typing import Any
 
-from twisted.internet import defer, error, reactor
+from twisted.internet import defer, error, reactor, task
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, ResponseDone, ResponseFailed
@@ -31,6 +40,9 @@ from master.inventory import Host, Pool
 
 POOL_TAG = "qacloud-pool:"
 POWER_TYPE = "ipmilanplus"
+# a Cobbler task's status is polled at once, then after 0.1 s, the interval doubling up to 1 s
+TASK_POLL_FIRST = 0.1
+TASK_POLL_MAX = 1.0
 
 
 class CobblerError(Exception):
@@ -263,8 +275,54 @@ class CobblerClient:
         return await self.remove_stale(pool, ())
 
     async def sync(self) -> None:
-        """Write the PXE/TFTP files (``pxelinux.cfg/01-<mac>``...) for all systems."""
+        """Full ``cobbler sync`` (admin use only, never during provisioning): it empties the TFTP
+        root's ``pxelinux.cfg`` and rewrites it for *every* system on the server, so a host of
+        another pool PXE-booting meanwhile finds no config. Use ``sync_systems``."""
         await self._authed("sync", what="sync")
+
+    async def sync_systems(self, names: Iterable[str]) -> None:
+        """Write the PXE files of the systems ``names`` (and the PXE menu), and nothing else.
+
+        Cobbler's ``background_syncsystems`` task, polled (0.1 s doubling to 1 s) until it is
+        complete, within the client's ``timeout`` in all. A failed task, a task still running at
+        the deadline or a name Cobbler has no system for raises ``CobblerError`` naming the
+        server, the systems and the reason (from the task's log).
+        """
+        names = list(names)
+        if not names:
+            return
+        what = f"sync systems {', '.join(names)}"
+        deadline = time.monotonic() + self.timeout
+        options = {"systems": names, "verbose": False}
+        event = await self._authed("background_syncsystems", options, what=what)
+        delay = TASK_POLL_FIRST
+        while True:
+            status = await self._call("get_task_status", event, what=f"{what}: task {event}")
+            # [start time, name, state, read by]; state: "notification" (running), "complete", "failed"
+            if not (isinstance(status, list) and len(status) >= 3):
+                raise self._error(what, f"unexpected status of task {event}: {status!r}")
+            state = status[2]
+            if state == "complete":
+                break
+            if state == "failed":
+                reason = _task_error(await self._task_log(event, what), event)
+                raise self._error(what, f"Cobbler task {event} failed: {reason}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._error(
+                    what, f"Cobbler task {event} did not finish within {self.timeout:g} s (timeout)"
+                )
+            await task.deferLater(reactor, min(delay, left))
+            delay = min(delay * 2, TASK_POLL_MAX)
+        # Cobbler skips (and only logs) a name it has no system for: its PXE file was not written
+        missing = _task_missing(await self._task_log(event, what), event, names)
+        if missing:
+            raise self._error(
+                what, f"Cobbler has no system named {', '.join(missing)}: no PXE file written for it"
+            )
+
+    async def _task_log(self, event: str, what: str) -> str:
+        return str(await self._call("get_event_log", event, what=f"{what}: log of task {event}"))
 
     async def get_netboot(self, name: str) -> bool:
         s = await self.get_system(name)
@@ -326,6 +384,34 @@ def _interfaces(pool: Pool, h: Host) -> dict[str, dict[str, Any]]:
     for i, mac in enumerate(h.macs[1:], start=1):
         ifaces[f"eth{i}"] = {"mac_address": mac.lower(), "ip_address": "", "dns_name": "", "static": False}
     return ifaces
+
+
+def _task_lines(log: str, event: str) -> list[str]:
+    """The lines the task's own thread logged (Cobbler tees every thread's messages into each
+    running task's log; lines read ``[<thread>] <time> - <level> | <message>``, the task's
+    thread being named after its event id); continuation lines are dropped."""
+    prefix = f"[{event}] "
+    return [line.split(" | ", 1)[1] for line in log.splitlines() if line.startswith(prefix) and " | " in line]
+
+
+def _task_error(log: str, event: str) -> str:
+    """Why a Cobbler task failed: the last exception it logged."""
+    for msg in reversed(_task_lines(log, event)):
+        if msg.startswith("Exception value: "):
+            value = msg.removeprefix("Exception value: ").strip()
+            if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            return value
+    return f"no reason logged (see /var/log/cobbler/tasks/{event}.log on the Cobbler server)"
+
+
+_NOT_FOUND = re.compile(r"^did not find any system named (\S+)$")
+
+
+def _task_missing(log: str, event: str, names: list[str]) -> list[str]:
+    """The ``names`` a ``syncsystems`` task logged it found no system for."""
+    found = {m.group(1) for msg in _task_lines(log, event) if (m := _NOT_FOUND.match(msg))}
+    return [n for n in names if n in found]
 
 
 def _fault_text(f: xmlrpc.client.Fault) -> str:

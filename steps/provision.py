@@ -8,7 +8,9 @@ pool (steps/ipmi.py).
 
 ProvisionPool, for the build's pool (property ``pool``):
 
-1. Cobbler: register/update a system per host, remove the pool's stale systems, sync;
+1. Cobbler: register/update a system per host, remove the pool's stale systems, sync the
+   pool's own systems (``sync_systems``: never a full sync, which would wipe the PXE files of
+   other pools sharing the Cobbler server);
 2. IPMI, every host in parallel: next boot from PXE, then power cycle;
 3. wait, per host and within ``provisioning.install_timeout``, until Cobbler's netboot flag is
    cleared (the installer's ``nopxe`` call-back) and the host answers on its SSH port.
@@ -283,8 +285,12 @@ class ProvisionPool(_PoolStep):
         stale = await self._wait(cobbler.remove_stale(pool, names))
         if stale:
             await self._log("provision", f"removed stale systems: {', '.join(stale)}")
-        await self._wait(cobbler.sync())
-        await self._log("provision", "Cobbler sync done (PXE configs written)")
+        # only this pool's systems: a full sync would empty pxelinux.cfg under another pool
+        # sharing this Cobbler server, whose hosts may be PXE-booting right now
+        await self._wait(cobbler.sync_systems(names))
+        await self._log(
+            "provision", f"Cobbler sync of the pool's {len(names)} systems done (PXE configs written)"
+        )
 
     async def _unregister(self, cobbler: CobblerClient, pool: Pool) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import urllib.request
@@ -14,7 +15,7 @@ from twisted.trial import unittest
 
 from master.inventory import Pool, load_inventory
 from steps.cobbler import POWER_TYPE, CobblerClient, CobblerError, pool_tag
-from tests.support.procs import free_port, simple_pool, wait_for, write_inventory
+from tests.support.procs import free_port, simple_pool, write_inventory
 
 
 def make_pool(tmp: Path, name: str, index: int, edit=None, hypervisors: int = 2) -> Pool:
@@ -27,6 +28,21 @@ def make_pool(tmp: Path, name: str, index: int, edit=None, hypervisors: int = 2)
 
 def pxe_file(server, mac: str) -> Path:
     return server.tftpboot / "pxelinux.cfg" / ("01-" + mac.replace(":", "-"))
+
+
+SENTINEL_NS = 1_000_000_000 * 10**9  # 2001-09-09: an mtime no file Cobbler writes now can have
+
+
+def stamp(files: list[Path]) -> dict[Path, tuple[int, int]]:
+    """Set ``files``' mtime to the sentinel; return their (inode, mtime) to compare later: a file
+    removed and written again (a full sync) has a fresh mtime, whatever inode it gets."""
+    for f in files:
+        os.utime(f, ns=(SENTINEL_NS, SENTINEL_NS))
+    return identity(files)
+
+
+def identity(files: list[Path]) -> dict[Path, tuple[int, int]]:
+    return {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in files}
 
 
 class CobblerClientTest(unittest.TestCase):
@@ -122,23 +138,107 @@ class CobblerClientTest(unittest.TestCase):
         self.addCleanup(self._cleanup_pool, pool)
         c = self.client()
         await c.register_pool(pool)
-        await c.sync()
+        # saving a system already writes its PXE file (Cobbler's per-save lite sync)...
+        for h in pool.hosts:
+            self.assertIn(
+                f"/cblr/svc/op/autoinstall/system/{h.name}", pxe_file(self.server, h.mac).read_text()
+            )
+        await c.sync_systems([h.name for h in pool.hosts])  # ...and the per-system sync rewrites it
         for h in pool.hosts:
             text = pxe_file(self.server, h.mac).read_text()
             self.assertIn(f"/cblr/svc/op/autoinstall/system/{h.name}", text)
             self.assertIn("kernel /images/", text)
         await c.set_netboot("nb-kvm1", False)
         self.assertFalse(await c.get_netboot("nb-kvm1"))
-        await c.sync()
+        # the netboot edit rewrites the file at once, no sync needed
+        self.assertIn("localboot", pxe_file(self.server, pool.host("nb-kvm1").mac).read_text())
+        await c.sync_systems(["nb-kvm1"])
         self.assertIn("localboot", pxe_file(self.server, pool.host("nb-kvm1").mac).read_text())
         await c.set_netboot("nb-kvm1", True)
         self.assertTrue(await c.get_netboot("nb-kvm1"))
+        self.assertIn(
+            "/autoinstall/system/nb-kvm1", pxe_file(self.server, pool.host("nb-kvm1").mac).read_text()
+        )
         # the installer's call-back: Cobbler's own /cblr/svc nopxe endpoint clears the flag
         with urllib.request.urlopen(self.server.nopxe_url("nb-mgmt"), timeout=10) as r:
             self.assertEqual(r.read().strip(), b"True")
         self.assertFalse(await c.get_netboot("nb-mgmt"))
         self.assertIn("localboot", pxe_file(self.server, pool.host("nb-mgmt").mac).read_text())
         self.assertTrue(await c.get_netboot("nb-kvm2"))
+
+    async def test_sync_systems_leaves_other_pools_pxe_files_alone(self):
+        """Regression: provisioning pool A must not remove pool B's PXE files on the shared
+        Cobbler (a full sync empties pxelinux.cfg: a B host PXE-booting then finds no config)."""
+        a, b = make_pool(self.tmp, "pa", 43), make_pool(self.tmp, "pb", 44)
+        self.addCleanup(self._cleanup_pool, a)
+        self.addCleanup(self._cleanup_pool, b)
+        c = self.client()
+        await c.register_pool(b)
+        b_files = [pxe_file(self.server, h.mac) for h in b.hosts]
+        b_before = stamp(b_files)
+        await c.register_pool(a)
+        a_files = [pxe_file(self.server, h.mac) for h in a.hosts]
+        stamp(a_files)
+        await c.sync_systems([h.name for h in a.hosts])
+        for h, f in zip(a.hosts, a_files, strict=True):
+            self.assertNotEqual(f.stat().st_mtime_ns, SENTINEL_NS, f"{f} was not rewritten by the sync")
+            self.assertIn(f"/autoinstall/system/{h.name}", f.read_text())
+        self.assertEqual(identity(b_files), b_before, "pool B's PXE files were removed or rewritten")
+        # the check catches the bug: a full sync removes and rewrites every system's file
+        await c.sync()
+        after = identity(b_files)
+        for f in b_files:
+            self.assertNotEqual(after[f], b_before[f], f)
+
+    async def test_sync_systems_failed_task_names_server_systems_and_reason(self):
+        # a site trigger that fails makes Cobbler's syncsystems task end "failed"
+        self.server.set_task_trigger("syncsystems", "zz-broken", "#!/bin/sh\nexit 3\n")
+        self.addCleanup(self.server.set_task_trigger, "syncsystems", "zz-broken", None)
+        pool = make_pool(self.tmp, "fs", 45, hypervisors=1)
+        self.addCleanup(self._cleanup_pool, pool)
+        c = self.client()
+        await c.register_pool(pool)
+        with self.assertRaises(CobblerError) as cm:
+            await c.sync_systems(["fs-mgmt", "fs-kvm1"])
+        msg = str(cm.exception)
+        self.assertTrue(msg.startswith(f"Cobbler at {self.server.url}: sync systems fs-mgmt, fs-kvm1: "), msg)
+        self.assertRegex(msg, r"Cobbler task \S+_Syncsystems_\w+ failed: ")
+        self.assertIn(
+            "Cobbler trigger failed: /var/lib/cobbler/triggers/task/syncsystems/pre/zz-broken returns 3", msg
+        )
+        self.assertNotIn(self.server.password, msg)
+
+    async def test_sync_systems_timeout_polls_with_backoff(self):
+        self.server.set_task_trigger("syncsystems", "zz-slow", "#!/bin/sh\nsleep 3\n")
+        self.addCleanup(self.server.set_task_trigger, "syncsystems", "zz-slow", None)
+        c = self.client(timeout=1)
+        await c.login()
+        polls = self._api_calls("get_task_status")
+        t0 = time.monotonic()
+        with self.assertRaises(CobblerError) as cm:
+            await c.sync_systems(["slow-a"])
+        elapsed = time.monotonic() - t0
+        self.assertTrue(0.9 < elapsed < 2.5, elapsed)
+        msg = str(cm.exception)
+        self.assertIn(f"Cobbler at {self.server.url}: sync systems slow-a: Cobbler task ", msg)
+        self.assertIn("did not finish within 1 s (timeout)", msg)
+        # polled at 0, 0.1, 0.3, 0.7 s and at the deadline: no busy loop
+        self.assertIn(self._api_calls("get_task_status") - polls, range(3, 7))
+
+    async def test_sync_systems_unknown_name_is_an_error(self):
+        # Cobbler's task ends "complete" for a name it has no system for (it only logs it)
+        pool = make_pool(self.tmp, "un", 46, hypervisors=1)
+        self.addCleanup(self._cleanup_pool, pool)
+        c = self.client()
+        await c.register_pool(pool)
+        with self.assertRaises(CobblerError) as cm:
+            await c.sync_systems(["un-mgmt", "no-such-system", "un-kvm1"])
+        self.assertEqual(
+            str(cm.exception),
+            f"Cobbler at {self.server.url}: sync systems un-mgmt, no-such-system, un-kvm1: "
+            "Cobbler has no system named no-such-system: no PXE file written for it",
+        )
+        await c.sync_systems([])  # nothing to do: no task started
 
     async def test_unknown_system(self):
         c = self.client()
@@ -152,7 +252,7 @@ class CobblerClientTest(unittest.TestCase):
     async def test_wrong_password(self):
         c = self.client(password="not-the-password")
         with self.assertRaises(CobblerError) as cm:
-            await c.sync()
+            await c.sync_systems(["wp-mgmt"])
         msg = str(cm.exception)
         self.assertIn(self.server.url, msg)
         self.assertIn(f"login as {self.server.username}", msg)
@@ -221,13 +321,13 @@ class CobblerClientTest(unittest.TestCase):
         self.assertIsNone(self.server.get_system("rb-mgmt"))
         self.assertIsNotNone(self.server.get_system("foreign"))
 
-    def _api_calls(self) -> int:
-        """XML-RPC calls so far, as Cobbler's front end logged them (one line per request)."""
-        return (self.server.workdir / "svc.log").read_text().count('"POST /cobbler_api ')
+    def _api_calls(self, method: str = "") -> int:
+        """XML-RPC calls (of ``method``) so far: the front end logs ``svc xmlrpc <method>`` before
+        it answers, so every call that returned (a previous test's cleanup too) is counted."""
+        lines = (self.server.workdir / "svc.log").read_text().splitlines()
+        return sum(1 for ln in lines if ln.startswith("svc xmlrpc ") and ln[11:] == (method or ln[11:]))
 
     def _assert_calls_since(self, before: int, expected: int) -> None:
-        # the front end logs a request just after answering it: wait for the last lines
-        wait_for(lambda: self._api_calls() - before >= expected, 5, f"{expected} logged calls")
         self.assertEqual(self._api_calls() - before, expected)
 
     async def test_register_is_one_call_per_new_system(self):
@@ -244,6 +344,11 @@ class CobblerClientTest(unittest.TestCase):
         # an unchanged re-registration: get_system + one edit per system
         await c.register_pool(pool)
         self._assert_calls_since(start, 13 + 1 + 2 + 2 * 10)
+        # the per-system sync: one Cobbler task for all ten systems, its status polled, its log read
+        bg, logs = self._api_calls("background_syncsystems"), self._api_calls("get_event_log")
+        await c.sync_systems(names)
+        self.assertEqual(self._api_calls("background_syncsystems") - bg, 1)
+        self.assertEqual(self._api_calls("get_event_log") - logs, 1)
 
     async def test_concurrent_failure_rolls_back_everything_it_created(self):
         # a foreign system owns kvm5's MAC: kvm5 fails while other systems are being written
@@ -284,11 +389,16 @@ class CobblerClientTest(unittest.TestCase):
         self.assertIn("concurrency must be >= 1, got 0", str(cm.exception))
 
     async def test_relogin_after_token_expiry(self):
+        pool = make_pool(self.tmp, "ex", 47, hypervisors=1)
+        self.addCleanup(self._cleanup_pool, pool)
+        await self.client().register_pool(pool)
         c = self.client()
         await c.login()
         api = xmlrpc.client.ServerProxy(self.server.xmlrpc_url, allow_none=True)
         api.logout(c._token)  # what expiry does: the token is no longer valid
-        await c.sync()  # logs in again transparently
+        stale = c._token
+        await c.sync_systems(["ex-mgmt", "ex-kvm1"])  # logs in again transparently
+        self.assertNotEqual(c._token, stale)
         self.assertTrue(api.token_check(c._token))
 
 

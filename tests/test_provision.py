@@ -5,11 +5,16 @@ virtual BMCs over IPMI/UDP and fast simulated hosts (lab/simlab.py) that read th
 Cobbler's sync wrote and call Cobbler's nopxe endpoint. Then the faults, each a clear
 infrastructure failure: install never calls back, BMC not answering, wrong BMC password,
 Cobbler down — and after each the pool is powered off and nothing is left registered.
+Another pool's systems on the same Cobbler keep their PXE files untouched throughout (the step
+syncs only its own pool's systems).
 """
 
 from __future__ import annotations
 
+import os
 import time
+import xmlrpc.client
+from pathlib import Path
 
 from lab.simlab import SimLab
 from master.inventory import load_inventory
@@ -25,6 +30,26 @@ def _pool(name: str, index: int, cobbler_url: str, username: str) -> dict:
     p = simple_pool(name, index, bmc_ports=ports, ssh_port=free_port(), cobbler_url=cobbler_url)
     p["cobbler"]["username"] = username
     return p
+
+
+SENTINEL_NS = 1_000_000_000 * 10**9  # an mtime no file Cobbler writes now can have
+
+
+def _other_pool_on_the_same_cobbler(server) -> dict[Path, tuple[int, int]]:
+    """Two systems of another pool (another team's lab, sharing this Cobbler server); their PXE
+    files' mtime is set to a sentinel. Returns (inode, mtime) per file: a file removed or written
+    again (a full ``cobbler sync``) no longer matches."""
+    api = xmlrpc.client.ServerProxy(server.xmlrpc_url, allow_none=True)
+    tok = api.login(server.username, server.password)
+    files = []
+    for i, name in enumerate(("other-kvm1", "other-kvm2")):
+        mac = f"52:54:00:49:00:{i + 1:02x}"
+        attrs = {"name": name, "profile": "qacloud-kvm", "mac_address": mac, "interface": "eth0"}
+        api.xapi_object_edit("system", name, "add", attrs, tok)
+        files.append(server.tftpboot / "pxelinux.cfg" / ("01-" + mac.replace(":", "-")))
+    for f in files:
+        os.utime(f, ns=(SENTINEL_NS, SENTINEL_NS))
+    return {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in files}
 
 
 def test_pool_provisioned_end_to_end_and_faults(tmp_path, cobbler_server):
@@ -54,6 +79,7 @@ def test_pool_provisioned_end_to_end_and_faults(tmp_path, cobbler_server):
     inv = load_inventory(tmp_path / "qa" / "inventory.yaml")
     secrets = dep.master.secrets
     lab = SimLab(inv, secrets, tmp_path / "lab", cobbler_server, install_time=0.5).start()
+    other = _other_pool_on_the_same_cobbler(cobbler_server)
     dep.start()
     m = dep.master
     try:
@@ -106,7 +132,10 @@ def test_pool_provisioned_end_to_end_and_faults(tmp_path, cobbler_server):
         plogs = logs(b, "provision")
         assert set(HOSTS) <= set(plogs), plogs.keys()
         assert "installed: SSH" in plogs["pool1-kvm2"]
+        assert "Cobbler sync of the pool's 3 systems done (PXE configs written)" in plogs["provision"]
         assert_clean(b)
+        # the other pool's PXE files were never removed or rewritten (a full sync would have)
+        assert {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in other} == other
 
         # --- 2. an installer that never calls back ----------------------------------------
         lab.hang_installer("pool1-kvm2")
@@ -154,6 +183,7 @@ def test_pool_provisioned_end_to_end_and_faults(tmp_path, cobbler_server):
         assert "connection refused" in reason
         assert all(not lab.is_on(h.name) for h in inv.pool("pool2").hosts)
         assert_clean(b)
+        assert {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in other} == other
     finally:
         dep.stop()
         lab.stop()
