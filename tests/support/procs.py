@@ -172,6 +172,29 @@ class Postgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _kill_if_alive(pid: int | None, basedir: Path, grace: float) -> None:
+    """SIGKILL ``pid`` if it is still alive after ``grace`` seconds (a daemon that did not stop)
+    and still the daemon of ``basedir`` (its working directory: never a reused pid)."""
+    if not pid:
+        return
+
+    def ours() -> bool:
+        try:
+            return _alive(pid) and os.readlink(f"/proc/{pid}/cwd") == str(basedir.resolve())
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + grace
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if ours():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        wait_for(lambda: not _alive(pid), 10, f"process {pid} to die after SIGKILL")
+
+
 def write_inventory(path: Path, pools: list[dict]) -> Path:
     path.write_text(yaml.safe_dump({"lab": "test lab", "pools": pools}, sort_keys=False))
     return path
@@ -214,7 +237,11 @@ class Master:
         return int(f.read_text()) if f.exists() else None
 
     def stop(self) -> None:
+        """``buildbot stop``; a master still running after it (Buildbot 4.3's clean shutdown waits
+        forever for a build whose start crashed when its worker detached) is killed."""
+        pid = self.pid()
         run([str(BIN / "buildbot"), "stop", str(self.basedir)], env=self._env(), check=False, timeout=120)
+        _kill_if_alive(pid, self.basedir, grace=5)
 
     def kill(self) -> None:
         pid = self.pid()
@@ -328,7 +355,9 @@ class Worker:
         return int(f.read_text()) if f.exists() else None
 
     def stop(self) -> None:
+        pid = self.pid()
         run([str(BIN / "buildbot-worker"), "stop", str(self.basedir)], check=False, timeout=60)
+        _kill_if_alive(pid, self.basedir, grace=5)
 
     def kill(self) -> None:
         pid = self.pid()
