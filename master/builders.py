@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from buildbot.plugins import steps, util
 
+from master.build import BvtBuild
 from master.inventory import Inventory
 from master.settings import Settings
 from steps.marvin import bvt_test_step
@@ -40,6 +41,7 @@ def bvt_factory(settings: Settings, inventory: Inventory) -> util.BuildFactory:
     from steps.provision import provision_steps, teardown_steps
 
     f = util.BuildFactory()
+    f.buildClass = BvtBuild  # master/build.py: a worker lost while the build starts -> RETRY
     f.addStep(checkout_step(settings))
     provision = provision_steps(settings, inventory)  # empty unless provisioning is active
     teardown = teardown_steps(settings, inventory)  # alwaysRun: powers the pool off

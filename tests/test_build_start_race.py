@@ -1,0 +1,76 @@
+"""A worker lost between the start-up ping and the first step: the build ends as RETRY and
+runs again once the worker is back (master/build.py), instead of hanging forever.
+
+Real master, real worker process. The worker's ``buildbot.tac`` is extended so that, once, it
+answers the master's ping and then closes its connection at once: the master sees the answer,
+then the worker detach while it records the ping -- the window of Buildbot 4.3's
+``assert workerforbuilder.worker is not None`` in ``Build.startBuild``.
+"""
+
+from __future__ import annotations
+
+from buildbot.process.results import RETRY, SUCCESS
+
+from tests.reliability.test_master_crash import fast_reconnect
+from tests.support.procs import GitProject, make_deployment, simple_pool, wait_for
+
+SUITE = {"run-tests.sh": "#!/bin/sh\necho 'ran the suite'\nexit 0\n"}
+MARK = "drop-after-ping"  # in the worker's basedir: drop the connection after the next ping
+
+DROP_AFTER_PING = f"""
+
+# --- test hook (tests/test_build_start_race.py): answer one ping, then hang up at once
+from buildbot_worker.base import BotBase as _BotBase
+from twisted.internet import reactor as _reactor
+
+_print = _BotBase.remote_print
+
+
+def _print_then_hang_up(self, message):
+    result = _print(self, message)
+    mark = os.path.join(basedir, {MARK!r})
+    if message == "ping" and os.path.exists(mark):
+        os.unlink(mark)
+        _reactor.callLater(0, s.bf._broker.transport.loseConnection)
+    return result
+
+
+_BotBase.remote_print = _print_then_hang_up
+"""
+
+
+def test_worker_lost_between_ping_and_first_step_is_retried_not_hung(tmp_path):
+    proj = GitProject.create(tmp_path / "repo", SUITE)
+    dep = make_deployment(tmp_path / "qa", str(proj.origin), [simple_pool("pool1", 1)])
+    (worker,) = dep.workers
+    fast_reconnect(dep)
+    tac = worker.basedir / "buildbot.tac"
+    tac.write_text(tac.read_text() + DROP_AFTER_PING)
+    dep.start()
+    try:
+        dep.wait_workers()
+        m = dep.master
+        (worker.basedir / MARK).write_text("")
+        builders = {b["name"]: b["builderid"] for b in m.api("builders")["builders"]}
+        status, body = m.rpc(
+            "forceschedulers/force",
+            "force",
+            {"builderid": str(builders["gate-bvt"]), "pool": "pool1", "reason": "start race"},
+            user="admin",
+        )
+        assert status == 200, body
+
+        def passed():
+            builds = m.builds()
+            return builds if any(b["complete"] and b["results"] == SUCCESS for b in builds) else None
+
+        builds = wait_for(passed, 90, "the retried build to pass")
+        assert not (worker.basedir / MARK).exists(), "the worker never hung up after a ping"
+        log = (m.basedir / "twistd.log").read_text()
+        assert "detached while the build was starting: ending it as RETRY" in log, m.log_tail(60)
+        assert "serious error" not in log, m.log_tail(60)
+        first, *_, last = sorted(builds, key=lambda b: b["buildid"])
+        assert first["results"] == RETRY and "worker lost while starting" in first["state_string"], first
+        assert last["results"] == SUCCESS and last["buildrequestid"] == first["buildrequestid"], builds
+    finally:
+        dep.stop()
