@@ -51,14 +51,7 @@ def test_worker_lost_between_ping_and_first_step_is_retried_not_hung(tmp_path):
         dep.wait_workers()
         m = dep.master
         (worker.basedir / MARK).write_text("")
-        builders = {b["name"]: b["builderid"] for b in m.api("builders")["builders"]}
-        status, body = m.rpc(
-            "forceschedulers/force",
-            "force",
-            {"builderid": str(builders["gate-bvt"]), "pool": "pool1", "reason": "start race"},
-            user="admin",
-        )
-        assert status == 200, body
+        m.force("pool1", "start race")
 
         def passed():
             builds = m.builds()

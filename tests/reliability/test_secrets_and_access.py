@@ -83,15 +83,7 @@ def lab_deployment(tmp_path, cobbler_server):
 
 
 def _force(m, pool: str) -> int:
-    builders = {b["name"]: b["builderid"] for b in m.api("builders")["builders"]}
-    status, body = m.rpc(
-        "forceschedulers/force",
-        "force",
-        {"builderid": str(builders["gate-bvt"]), "pool": pool, "reason": "reliability"},
-        user="admin",
-    )
-    assert status == 200, body
-    return builders["gate-bvt"]
+    return m.force(pool, "reliability")
 
 
 def _listening_addresses(pid: int) -> list[tuple[str, int]]:

@@ -296,6 +296,14 @@ class Master:
         q = "&".join(f"{k}={v}" for k, v in filters.items())
         return self.api("builds" + (f"?{q}" if q else ""))["builds"]
 
+    def force(self, pool: str, reason: str, builder: str = "gate-bvt", user: str = "admin") -> int:
+        """Force a BVT build on ``pool`` as ``user`` (through the REST API); returns the builder id."""
+        builders = {b["name"]: b["builderid"] for b in self.api("builders")["builders"]}
+        args = {"builderid": str(builders[builder]), "pool": pool, "reason": reason}
+        status, body = self.rpc("forceschedulers/force", "force", args, user=user)
+        assert status == 200, body
+        return builders[builder]
+
     def wait_builds_finished(self, count: int, timeout: float = 120) -> list[dict]:
         def done():
             b = self.builds()
