@@ -196,20 +196,31 @@ class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unitt
         self.assertEqual(view["master"], COMMITS[-1])
         yield sched.deactivate()
 
+    def tip_started(self) -> tuple[GatePolicy, list]:
+        """A policy that saw both pools and staging: the tip run r1 started (and its actions)."""
+        p = GatePolicy(config_from_settings(self.gate))
+        p.handle_all([PoolAvailable("pool1"), PoolAvailable("pool2")])
+        acts = p.handle_all([StagingUpdated(MASTER, tuple(COMMITS))])
+        self.assertEqual([(a.run_id, a.kind) for a in acts if isinstance(a, StartRun)][:1], [("r1", "tip")])
+        return p, acts
+
+    @defer.inlineCallbacks
+    def saved_by_previous_master(self, policy: dict, runs: dict | None = None, rows: list = ()):
+        """The state a previous master left (policy state incl. its outbox, run map, DB rows)."""
+        old = GateScheduler(name="gate", builderNames=["gate-bvt"], repo_url="/x", gate=self.gate)
+        yield self.set_fake_state(old, "policy", policy)
+        if runs is not None:
+            yield self.set_fake_state(old, "runs", runs)
+        if rows:
+            yield self.master.db.insert_test_data(list(rows))
+
     @defer.inlineCallbacks
     def restart_with(self, runs: dict, rows: list) -> GateScheduler:
         """A new scheduler on state left by a previous master (tip run r1 in flight)."""
-        p = GatePolicy(config_from_settings(self.gate))
-        acts = p.handle_all([PoolAvailable("pool1"), PoolAvailable("pool2")])
-        acts = p.handle_all([StagingUpdated(MASTER, tuple(COMMITS))])
-        self.assertEqual([(a.run_id, a.kind) for a in acts if isinstance(a, StartRun)][:1], [("r1", "tip")])
+        p, acts = self.tip_started()
         for extra in [a.run_id for a in acts if isinstance(a, StartRun)][1:]:
             runs.setdefault(extra, {"bsid": 90, "brid": 1090})  # speculation, if any: still running
-        rows = [*rows, fakedb.Buildset(id=90, complete=0)]
-        old = GateScheduler(name="gate", builderNames=["gate-bvt"], repo_url="/x", gate=self.gate)
-        yield self.set_fake_state(old, "policy", p.to_state())
-        yield self.set_fake_state(old, "runs", runs)
-        yield self.master.db.insert_test_data(rows)
+        yield self.saved_by_previous_master(p.to_state(), runs, [*rows, fakedb.Buildset(id=90, complete=0)])
         sched = yield self.make()
         return sched
 
@@ -242,13 +253,10 @@ class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unitt
 
     @defer.inlineCallbacks
     def test_restart_completes_an_interrupted_promotion(self):
-        p = GatePolicy(config_from_settings(self.gate))
-        p.handle_all([PoolAvailable("pool1"), PoolAvailable("pool2")])
-        p.handle_all([StagingUpdated(MASTER, tuple(COMMITS))])
+        p, _ = self.tip_started()
         acts = p.handle(RunFinished("r1", "pass"))
         self.assertIn(Promote(COMMITS[-1]), acts)  # decided, persisted, then the master died
-        old = GateScheduler(name="gate", builderNames=["gate-bvt"], repo_url="/x", gate=self.gate)
-        yield self.set_fake_state(old, "policy", p.to_state())
+        yield self.saved_by_previous_master(p.to_state())
         sched = yield self.make()
         yield sched.activate()
         self.assertEqual(self.origin.pushed, [COMMITS[-1]])
@@ -288,17 +296,16 @@ class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unitt
     def test_restart_does_the_actions_decided_and_saved_before_the_master_died(self):
         # the old master decided (c6 passed: cancel r2, blame nothing yet), saved the decision
         # with its outbox, and was killed before cancelling r2
-        p = GatePolicy(config_from_settings(self.gate))
-        p.handle_all([PoolAvailable("pool1"), PoolAvailable("pool2")])
-        p.handle_all([StagingUpdated(MASTER, tuple(COMMITS))])
+        p, _ = self.tip_started()
         p.handle(RunFinished("r1", "fail", ("test_app.T.test_value",)))
         acts = p.handle(RunFinished("r3", "pass"))
         self.assertIn(CancelRun("r2", "result no longer needed"), acts)
         outbox = [_record(a) for a in acts if isinstance(a, DURABLE)]
-        old = GateScheduler(name="gate", builderNames=["gate-bvt"], repo_url="/x", gate=self.gate)
-        yield self.set_fake_state(old, "policy", {**p.to_state(), OUTBOX_KEY: outbox})
-        yield self.set_fake_state(old, "runs", {"r2": {"bsid": 72, "brid": 1072}})
-        yield self.master.db.insert_test_data([fakedb.Buildset(id=72, complete=0)])
+        yield self.saved_by_previous_master(
+            {**p.to_state(), OUTBOX_KEY: outbox},
+            {"r2": {"bsid": 72, "brid": 1072}},
+            [fakedb.Buildset(id=72, complete=0)],
+        )
         sched = yield self.make()
         cancels = self.record_cancels(sched)
         yield sched.activate()
@@ -332,9 +339,8 @@ class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unitt
                 return True
 
         blame = Blame(COMMITS[2], "Dev <d@example.org>", ("test_app.T.test_value",), ("r2", "r4"))
-        old = GateScheduler(name="gate", builderNames=["gate-bvt"], repo_url="/x", gate=self.gate)
         p = GatePolicy(config_from_settings(self.gate))
-        yield self.set_fake_state(old, "policy", {**p.to_state(), OUTBOX_KEY: [_record(blame)]})
+        yield self.saved_by_previous_master({**p.to_state(), OUTBOX_KEY: [_record(blame)]})
         sched = yield self.make()
         self.master.namedServices[NOTIFIER] = Notifier()
         self.addCleanup(self.master.namedServices.pop, NOTIFIER, None)

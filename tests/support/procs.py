@@ -237,8 +237,9 @@ class Master:
         return int(f.read_text()) if f.exists() else None
 
     def stop(self) -> None:
-        """``buildbot stop``; a master still running after it (Buildbot 4.3's clean shutdown waits
-        forever for a build whose start crashed when its worker detached) is killed."""
+        """``buildbot stop``; a master still running after it is killed (a clean shutdown can
+        wait forever for a wedged build, as Buildbot 4.3's start-up race did before
+        master/build.py), so no test leaves a daemon behind."""
         pid = self.pid()
         run([str(BIN / "buildbot"), "stop", str(self.basedir)], env=self._env(), check=False, timeout=120)
         _kill_if_alive(pid, self.basedir, grace=5)
