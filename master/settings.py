@@ -104,18 +104,22 @@ class Gate(Located):
     speculate: bool = True
     # load-adaptive batching (schedulers/policy.py PolicyConfig.batch_load): when arrivals x mean
     # run time / pools reaches this, a new tip run waits for a bigger batch; 0: off
-    batch_load: float = check(_non_negative, default=0.0)
+    batch_load: float = check(_non_negative, default=1.2)
 
     def confirmations(self, observed_flake_rate: float | None = None) -> int:
-        """Re-runs needed so an innocent commit is blamed with probability <= target.
+        """Re-runs needed so an innocent suspect is blamed with probability <= target.
 
-        x = ceil(ln eps / ln f) (the flake-aware culprit finding verifier formula), at least 1.
+        The suspect is blamed after its own failing bisection run and x more failures; were it
+        innocent, all 1 + x would be flakes: f^(1+x) <= eps, so x = ceil(ln eps / ln f) - 1
+        (the flake-aware culprit finding verifier formula, counting the run that made it the
+        suspect), at least 1.
         """
         if self.confirm_runs is not None:
             return self.confirm_runs
         f = observed_flake_rate if observed_flake_rate else self.prior_flake_rate
         f = min(max(f, 1e-6), 0.5)
-        return max(1, math.ceil(math.log(self.target_false_blame) / math.log(f)))
+        # round first: ln(eps)/ln(f) is an exact integer when eps is a power of f (0.01, 0.1)
+        return max(1, math.ceil(round(math.log(self.target_false_blame) / math.log(f), 9)) - 1)
 
 
 @dataclass(kw_only=True)

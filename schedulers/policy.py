@@ -8,8 +8,8 @@ known per commit the policy derives, on every event:
 * ``bad``: the lowest candidate above ``good`` with a failing run (None: no known failure).
 
 Then it plans: promote ``good``; with no failure, test the tip and let idle pools pre-test
-prefix points (speculation; opt-in ``batch_load``: when the load estimated from the events'
-clocks makes the gate pool-bound, a new tip run waits for a bigger batch); with a failure,
+prefix points (speculation; ``batch_load``, on in the default settings: when the load estimated
+from the events' clocks makes the gate pool-bound, a new tip run waits for a bigger batch); with a failure,
 split (good, bad) into k+1 parts with the k free pools ((k+1)-ary prefix search, never
 re-testing a known result nor the known-failing top);
 when bad = good + 1 the suspect must fail ``confirmations`` more times (its parent, ``good``,
@@ -74,9 +74,10 @@ class PolicyConfig:
     detect_behind_block: bool = True  # behind a block: a held tip with new commits finds the next culprit
     # load-adaptive batching: when the estimated load (arrivals x mean run time / pools)
     # reaches ``batch_load``, a new tip run waits for ``batch_per_load`` x load new commits
-    # (or until the oldest waited ``batch_wait`` mean run times); 0: always work-conserving
+    # (or until the oldest waited ``batch_wait`` mean run times); 0: always work-conserving.
+    # The settings' default (``gate.batch_load``) is 1.2 (docs/performance.md, round 8).
     batch_load: float = 0.0
-    batch_per_load: float = 3.0
+    batch_per_load: float = 2.0
     batch_wait: float = 1.0
 
     def __post_init__(self) -> None:

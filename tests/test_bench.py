@@ -16,7 +16,7 @@ from bench.gate_sim.metrics import runs_limit, slope, sustainable, throughput_li
 from bench.gate_sim.policies import POLICIES, RefPolicy
 from bench.gate_sim.sim import SUITE, Scenario, Simulator, simulate
 from bench.gate_sim.trace import TraceError, dump_trace, generate, load_trace, parse_trace
-from schedulers.events import Alert, Promote, StagingUpdated
+from schedulers.events import Alert, Blame, Promote, StagingUpdated
 
 SC = Scenario()
 
@@ -75,6 +75,27 @@ def test_the_checker_counts_an_illegal_promotion_and_the_breakage_it_causes():
     assert res.illegal_promotions == 2
     assert res.master_breakage == 1
     assert any("without a finished passing run" in v for v in res.violations)
+
+
+class BlamesEveryNewTip(RefPolicy):
+    """Blames each new staging commit unseen: the culprit, then the developers' revert of it."""
+
+    def handle(self, ev):
+        if isinstance(ev, StagingUpdated) and ev.commits and ev.commits[-1] not in self.blamed:
+            self.blamed.add(ev.commits[-1])
+            return [Blame(ev.commits[-1], "someone", ("test_01",), ())]
+        return []
+
+
+def test_a_blamed_revert_is_a_false_rejection_and_is_not_reverted_back():
+    """A revert is innocent by construction (its failures were flakes): blaming it counts as a
+    false rejection, with the revert among the innocent commits, and nobody reverts it."""
+    trace = parse_trace('{"id": "x", "arrival_ts": 0, "is_culprit": true}\n')
+    sim = Simulator(trace, SC, BlamesEveryNewTip(SC.pool_names), 1, "blames")
+    res = sim.run()
+    assert [c for c in sim.staging if c.startswith("revert-")] == ["revert-x@" + sim.staging[0]]
+    assert (res.reverts_blamed, res.false_rejections, res.innocent) == (1, 1, 1)
+    assert res.culprits_blamed == 1 and not res.violations
 
 
 def test_reference_policies_and_the_gate_never_break_master():
@@ -364,9 +385,10 @@ def test_breakdown_accounts_for_every_pool_hour_and_every_blamed_culprit():
     # an ablation changes the policy (here: no detection runs behind a block)
     off = bd.breakdown(3.0, seeds=1, commits=300, options={"detect_behind_block": False})
     assert off["pool_hours_per_commit"] != b["pool_hours_per_commit"]
-    # a float option (load-adaptive batching) is parsed as a number and engages at 3/h
-    assert bd._option("batch_load=1.2") == ("batch_load", 1.2)
-    batched = bd.breakdown(3.0, seeds=1, commits=300, options={"batch_load": 1.2})
-    assert batched["runs_total_per_commit"] < b["runs_total_per_commit"]
+    # a float option (load-adaptive batching, on by default) is parsed as a number; at 3/h the
+    # default batches, so turning it off costs runs
+    assert bd._option("batch_load=0.0") == ("batch_load", 0.0)
+    unbatched = bd.breakdown(3.0, seeds=1, commits=300, options={"batch_load": 0.0})
+    assert b["runs_total_per_commit"] < unbatched["runs_total_per_commit"]
     with pytest.raises(SystemExit):
         bd.main(["--option", "no_such_field=1"])

@@ -76,8 +76,17 @@ def test_missing_required_keys_all_reported(tmp_path):
 
 
 def test_confirmations_follow_the_flake_aware_formula():
+    """An innocent suspect is blamed only if its failing bisection run and x confirmations all
+    flaked: the smallest x >= 1 with f^(1+x) <= eps."""
     gate = Gate()  # defaults: target false-blame rate 0.001, prior flake rate 0.02
-    # x = ceil(ln 0.001 / ln 0.02) = 2 (gating notes, L8)
-    assert gate.confirmations() == 2
-    assert gate.confirmations(observed_flake_rate=0.2) == 5
+    assert gate.confirmations() == 1  # 0.02^2 = 4e-4 <= 1e-3 < 0.02^1
+    assert gate.confirmations(observed_flake_rate=0.05) == 2  # 0.05^2 = 2.5e-3 > 1e-3 >= 0.05^3
+    assert gate.confirmations(observed_flake_rate=0.2) == 4  # 0.2^5 = 3.2e-4; 0.2^4 = 1.6e-3
+    assert Gate(target_false_blame=0.01).confirmations(observed_flake_rate=0.1) == 1  # 0.1^2 exactly
+    assert Gate(target_false_blame=0.5).confirmations(observed_flake_rate=0.01) == 1  # at least one
     assert Gate(confirm_runs=1).confirmations(observed_flake_rate=0.2) == 1
+    assert Gate(confirm_runs=2).confirmations() == 2
+    for f in (0.005, 0.02, 0.05, 0.1, 0.3):
+        for eps in (1e-2, 1e-3, 1e-4):
+            x = Gate(target_false_blame=eps).confirmations(observed_flake_rate=f)
+            assert f ** (1 + x) <= eps * (1 + 1e-9) and (x == 1 or f**x > eps)
