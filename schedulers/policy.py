@@ -8,10 +8,10 @@ known per commit the policy derives, on every event:
 * ``bad``: the lowest candidate above ``good`` with a failing run (None: no known failure).
 
 Then it plans: promote ``good``; with no failure, test the tip and let idle pools pre-test
-prefix points (speculation; ``batch_load``, on in the default settings: when the load estimated
-from the events' clocks makes the gate pool-bound, a new tip run waits for a bigger batch); with a failure,
-split (good, bad) into k+1 parts with the k free pools ((k+1)-ary prefix search, never
-re-testing a known result nor the known-failing top);
+prefix points (speculation; ``batch_load``, on in the default settings: when the load
+estimated from the events' clocks makes the gate pool-bound, a new tip run waits for a bigger
+batch); with a failure, split (good, bad) into k+1 parts with the k free pools ((k+1)-ary
+prefix search, never re-testing a known result nor the known-failing top);
 when bad = good + 1 the suspect must fail ``confirmations`` more times (its parent, ``good``,
 passed) before it is blamed; a pass of the suspect makes its failure a recorded flake.
 Inconclusive runs are never evidence: they are retried on another pool, bounded.
