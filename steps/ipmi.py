@@ -240,6 +240,40 @@ def _wake_io_thread() -> None:
             pass
 
 
+def _local_bind(bmc: str, port: int) -> tuple | None:
+    """pyghmi's ``server`` argument (an addrinfo tuple) binding a session's socket to the local
+    address the kernel would send from to reach ``bmc`` (127.0.0.1 for a BMC on loopback), in
+    the family pyghmi sends in (IPv6 sockets reach IPv4 BMCs through mapped addresses).
+
+    None (pyghmi's wildcard bind) when the name does not resolve or resolves to several
+    families or routes: pyghmi tries every address of a BMC from one socket.
+    """
+    from pyghmi.ipmi.private import session as ipmisession
+
+    try:
+        infos = socket.getaddrinfo(bmc, port, 0, socket.SOCK_DGRAM)
+    except OSError:
+        return None
+    sources = set()
+    for family, _, _, _, sockaddr in infos:
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect(sockaddr)  # UDP: picks a route and a source, sends nothing
+                sources.add((family, probe.getsockname()[0]))
+        except OSError:
+            return None
+    if len(sources) != 1:
+        return None
+    ((family, address),) = sources
+    if ipmisession.ipv6support:
+        if family == socket.AF_INET:
+            address = "::ffff:" + address
+        return (socket.AF_INET6, socket.SOCK_DGRAM, 0, "", (address, 0, 0, 0))
+    if family != socket.AF_INET:
+        return None
+    return (socket.AF_INET, socket.SOCK_DGRAM, 0, "", (address, 0))
+
+
 def _ensure_waker() -> None:
     """Give pyghmi a permanent first socket: it wakes its I/O thread through ``iosockets[0]``.
 
@@ -255,6 +289,12 @@ def _ensure_waker() -> None:
             waker.bind(("127.0.0.1", 0))
             ipmisession.iosockets.append(waker)
             ipmisession.myself = "127.0.0.1"
+        if ipmisession.ipv6support is None:  # decided as pyghmi would, before any session needs it
+            try:
+                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
+                ipmisession.ipv6support = True
+            except OSError:
+                ipmisession.ipv6support = False
 
 
 # (BMC address, port) -> RAKP algorithm its last login used (1 = SHA-1, 256 = SHA-256 first)
@@ -352,9 +392,13 @@ def _session_class() -> type:
             if not self.logged:
                 raise IpmiException("login did not complete")
 
-        @classmethod
-        def _assignsocket(cls, server=None, forbiddensockets=()):
-            # called under Session.socketchecking: forbid every existing socket -> a new one
+        def _assignsocket(self, server=None, forbiddensockets=()):
+            # called (on the instance, under Session.socketchecking) by pyghmi's __init__: a
+            # new socket, never shared, bound to the address the kernel sends from to reach
+            # this BMC rather than to every address (pyghmi binds '' / '::')
+            cls = type(self)
+            if server is None:
+                server = _local_bind(self.bmc, self.port)
             sock = super()._assignsocket(server, forbiddensockets=tuple(cls.socketpool))
             cls.socketpool[sock] = ipmisession.MAX_BMCS_PER_SOCKET  # never shared either
             # read by the try's own thread (_pump), never by pyghmi's I/O thread

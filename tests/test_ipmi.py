@@ -20,7 +20,7 @@ from twisted.trial import unittest
 
 from lab.bmc import BmcFleet, VirtualBmc
 from steps.ipmi import BmcTarget, IpmiClient, IpmiError
-from tests.support.ipmi import count_tries
+from tests.support.ipmi import count_tries, udp_bindings
 from tests.support.procs import REPO, free_port, wait_for
 
 PASSWORD = "s3cret-bmc-pw"
@@ -159,6 +159,22 @@ class IpmiAgainstVirtualBmcs(unittest.TestCase):
         yield defer.ensureDeferred(client.power_on(BmcTarget("late", "127.0.0.1", port, "admin", PASSWORD)))
         self.assertGreater(time.monotonic() - start, 1.3)
         self.assertEqual(late[0].history("power"), ["on"])
+
+    @defer.inlineCallbacks
+    def test_client_sockets_bind_the_address_that_reaches_the_bmc_not_every_address(self):
+        """pyghmi binds its client sockets to '' / '::' (every address); qacloud's sessions bind
+        the source address the kernel routes to the BMC: loopback for these BMCs."""
+        before = udp_bindings()
+        self.assertNotIn("::", before)
+        self.assertNotIn("0.0.0.0", before)
+        yield defer.gatherResults(
+            [defer.ensureDeferred(self.client.power_status(self.target(i))) for i in range(3)]
+        )
+        after = udp_bindings()  # the sessions' sockets stay open a while after use
+        self.assertGreaterEqual(len(after) - len(before), 3)
+        self.assertNotIn("::", after)
+        self.assertNotIn("0.0.0.0", after)
+        self.assertTrue(all(a in ("127.0.0.1", "::ffff:127.0.0.1") for a in after), after)
 
     def test_bmc_binds_loopback_only(self):
         bmc = self.fleet["host0"]
