@@ -97,14 +97,23 @@ class GateNotifier(service.BuildbotService):
         self.enabled = enabled
         self.sent: list[dict[str, Any]] = getattr(self, "sent", [])
 
-    async def blame(self, commit: str, author: str, failed_tests: list[str], build_urls: list[str]) -> bool:
-        """Mail the confirmed culprit to its author and the list."""
+    async def blame(
+        self,
+        commit: str,
+        author: str,
+        failed_tests: list[str],
+        build_urls: list[str],
+        message_id: str | None = None,
+    ) -> bool:
+        """Mail the confirmed culprit to its author and the list. ``message_id``: the gate's
+        stable id for this decision, so a mail sent again after a restart is the same message
+        (mail clients and list archives drop a repeated Message-ID)."""
         subject, body = blame_message(commit, author, failed_tests, build_urls, self.title)
         rcpts = list(self.to)
         addr = author_address(author)
         if self.mail_authors and addr and addr not in rcpts:
             rcpts.insert(0, addr)
-        return await self._send("blame", subject, body, rcpts)
+        return await self._send("blame", subject, body, rcpts, message_id)
 
     async def quarantined(self, pool: str, reason: str) -> bool:
         """Tell the list a pool was taken out of service and why."""
@@ -116,12 +125,14 @@ class GateNotifier(service.BuildbotService):
         )
         return await self._send("quarantine", subject, body, list(self.to))
 
-    async def alert(self, kind: str, message: str) -> bool:
+    async def alert(self, kind: str, message: str, message_id: str | None = None) -> bool:
         """Something a human must know (master moved outside the gate, ...)."""
         subject = f"[{self.title}] {kind}"
-        return await self._send(kind, subject, message.rstrip() + "\n", list(self.to))
+        return await self._send(kind, subject, message.rstrip() + "\n", list(self.to), message_id)
 
-    async def _send(self, kind: str, subject: str, body: str, rcpts: list[str]) -> bool:
+    async def _send(
+        self, kind: str, subject: str, body: str, rcpts: list[str], message_id: str | None = None
+    ) -> bool:
         if not self.enabled or not rcpts:
             log.msg(f"gate-notifier: no mail configured, not sending {kind}: {subject}")
             return False
@@ -130,7 +141,7 @@ class GateNotifier(service.BuildbotService):
         msg["To"] = ", ".join(rcpts)
         msg["Subject"] = subject
         msg["Date"] = email.utils.formatdate(localtime=False)
-        msg["Message-ID"] = email.utils.make_msgid(domain="qacloud")
+        msg["Message-ID"] = message_id or email.utils.make_msgid(domain="qacloud")
         msg["X-Qacloud-Kind"] = kind
         msg.set_content(body)
         password = None

@@ -31,6 +31,7 @@ most once: a revert already on staging is not pushed again).
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, fields
 from typing import Any, ClassVar
@@ -260,7 +261,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
     async def _act_durable(self, a: Action, rec: dict) -> None:
         """Do an outbox action; it leaves the outbox once done -- for a mail, once the mail went
         out (or failed, which the notifier logs), so a kill before that sends it again."""
-        mail = await self._act(a)
+        mail = await self._act(a, rec)
         if mail is None:
             await self._done(rec)
             return
@@ -532,12 +533,13 @@ class GateScheduler(ReconfigurableBaseScheduler):
             self.policy.config = config_from_settings(self.gate, self.policy.observed_flake_rate())
             actions = self.policy.handle_all(batch)
             # the decision and its side effects are saved in one write (the outbox)
-            self._outbox.extend(_record(a) for a in actions if isinstance(a, DURABLE))
+            records = {id(a): _record(a, key=uuid.uuid4().hex) for a in actions if isinstance(a, DURABLE)}
+            self._outbox.extend(records.values())
             await self._save()
             # runs first (fast, DB only), so a crash during a slow push loses no buildset
             for a in sorted(actions, key=lambda a: not isinstance(a, (StartRun, CancelRun))):
                 if isinstance(a, DURABLE):
-                    await self._act_durable(a, _record(a))
+                    await self._act_durable(a, records[id(a)])
                 else:
                     await self._act(a)
         await self._save()
@@ -555,8 +557,9 @@ class GateScheduler(ReconfigurableBaseScheduler):
         await self.setState("health", self.health.to_state())
         await self.setState("promotion_rejected", self._rejected)
 
-    async def _act(self, a: Action) -> defer.Deferred | None:
-        """Do one action; returns the notification it mails in the background, if any."""
+    async def _act(self, a: Action, rec: dict | None = None) -> defer.Deferred | None:
+        """Do one action (``rec``: its outbox record, for a DURABLE one); returns the notification
+        it mails in the background, if any."""
         if isinstance(a, StartRun):
             await self._start_run(a)
         elif isinstance(a, CancelRun):
@@ -571,19 +574,21 @@ class GateScheduler(ReconfigurableBaseScheduler):
                 self._rejected = None
             self._queued.append(promoted)
         elif isinstance(a, Alert) and a.kind == "promotion-rejected":
-            return self._promotion_rejected(a)
+            return self._promotion_rejected(a, rec)
         elif isinstance(a, Blame):
             urls = [self._urls[r] for r in a.run_ids if r in self._urls]
             log.msg(
                 f"gate: BLAME {a.commit} by {a.author or '?'}: breaks"
                 f" {', '.join(a.failed_tests) or 'the BVT'} (runs {', '.join(a.run_ids)})"
             )
-            return self._notify("blame", a.commit, a.author, list(a.failed_tests), urls)
+            return self._notify(
+                "blame", a.commit, a.author, list(a.failed_tests), urls, **_mail_id(rec, "blame")
+            )
         elif isinstance(a, RecordFlake):
             log.msg(f"gate: FLAKE {', '.join(a.tests) or 'tests'} at {_short(a.commit)} (run {a.run_id})")
         elif isinstance(a, Alert):
             log.msg(f"gate: ALERT {a.kind}: {a.message}")
-            return self._notify("alert", a.kind, a.message)
+            return self._notify("alert", a.kind, a.message, **_mail_id(rec, "alert"))
         elif isinstance(a, Revert):
             await self._revert(a.commit)
         else:
@@ -655,7 +660,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
             log.msg(f"gate: PROMOTE {sha} failed: {result.reason}")
         return Promoted(sha, result.ok, result.reason, self._now())
 
-    def _promotion_rejected(self, a: Alert) -> defer.Deferred | None:
+    def _promotion_rejected(self, a: Alert, rec: dict | None = None) -> defer.Deferred | None:
         """Alert once per rejection episode (same commit, same reason); later retries only log."""
         episode = [a.commit, a.message]
         if self._rejected == episode:
@@ -663,7 +668,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
             return None
         self._rejected = episode
         log.msg(f"gate: ALERT {a.kind}: {a.message}")
-        return self._notify("alert", a.kind, a.message)
+        return self._notify("alert", a.kind, a.message, **_mail_id(rec, "alert"))
 
     async def _revert(self, culprit: str) -> None:
         reactor = self.master.reactor
@@ -683,13 +688,13 @@ class GateScheduler(ReconfigurableBaseScheduler):
             return
         log.msg(f"gate: REVERT {culprit}: pushed revert {sha} to {self.staging_branch}")
 
-    def _notify(self, method: str, *args: Any) -> defer.Deferred | None:
+    def _notify(self, method: str, *args: Any, **kwargs: Any) -> defer.Deferred | None:
         """Call the gate-notifier service in the background (mail must not stall decisions);
         the returned Deferred fires (never fails) when it is done."""
         svc = self.master.namedServices.get(NOTIFIER)
         if svc is None or not hasattr(svc, method):
             return None
-        d = defer.ensureDeferred(getattr(svc, method)(*args))
+        d = defer.ensureDeferred(getattr(svc, method)(*args, **kwargs))
         d.addErrback(log.err, f"gate: notifier {method} failed")
         return d
 
@@ -700,12 +705,22 @@ class GateScheduler(ReconfigurableBaseScheduler):
 _ACTIONS: dict[str, type] = {cls.__name__: cls for cls in DURABLE}
 
 
-def _record(a: Any) -> dict:
-    """A DURABLE action as JSON-able data (the outbox)."""
+def _record(a: Any, key: str | None = None) -> dict:
+    """A DURABLE action as JSON-able data (the outbox); ``key``: a unique id of this decision
+    (its mail's Message-ID, the same when a restarted master sends it again)."""
     return {
         "action": type(a).__name__,
         **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(a).items()},
+        **({"key": key} if key else {}),
     }
+
+
+def _mail_id(rec: dict | None, kind: str) -> dict[str, str]:
+    """The notifier's ``message_id`` argument for an outbox record's mail ({} without a key:
+    records saved by older versions get a fresh Message-ID)."""
+    if not rec or not rec.get("key"):
+        return {}
+    return {"message_id": f"<qacloud.{kind}.{rec['key']}@qacloud>"}
 
 
 def _action(rec: dict) -> Any:

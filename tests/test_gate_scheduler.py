@@ -28,7 +28,7 @@ from schedulers.events import (
     StagingUpdated,
     StartRun,
 )
-from schedulers.gate import DURABLE, NOTIFIER, OUTBOX_KEY, GateScheduler, _action, _record
+from schedulers.gate import DURABLE, NOTIFIER, OUTBOX_KEY, GateScheduler, _action, _mail_id, _record
 from schedulers.policy import GatePolicy, config_from_settings
 from workers import health as pool_health
 
@@ -293,6 +293,30 @@ class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unitt
         yield sched.deactivate()
 
     @defer.inlineCallbacks
+    def test_each_decided_action_is_saved_with_its_own_key_before_it_is_done(self):
+        """The outbox record of a live decision carries a fresh key (a blame's or alert's mail
+        keeps it as its Message-ID when a restarted master sends it again)."""
+        sched = yield self.make()
+        saved_at_cancel: list[list] = []
+
+        async def control(action, args, path):
+            saved_at_cancel.append((await sched.getState("policy"))[OUTBOX_KEY])
+
+        self.patch(sched.master.data, "control", control)
+        yield sched.activate()
+        yield self.finish_buildset(500, FAILURE, ["test_app.T.test_value"])
+        yield sched._buildset_complete(("buildsets", "500", "complete"), {"bsid": 500})
+        runs = yield sched.getState("runs")
+        yield self.finish_buildset(runs["r3"]["bsid"], SUCCESS, number=2, revision=COMMITS[5])
+        yield sched._buildset_complete(("buildsets", "x", "complete"), {"bsid": runs["r3"]["bsid"]})
+        (outbox,) = saved_at_cancel
+        (rec,) = [r for r in outbox if r["action"] == "CancelRun"]
+        self.assertRegex(rec["key"], r"^[0-9a-f]{32}$")
+        self.assertEqual(_mail_id(rec, "alert"), {"message_id": f"<qacloud.alert.{rec['key']}@qacloud>"})
+        self.assertEqual(_mail_id({"action": "Alert"}, "alert"), {})  # saved by an older version
+        yield sched.deactivate()
+
+    @defer.inlineCallbacks
     def test_restart_does_the_actions_decided_and_saved_before_the_master_died(self):
         # the old master decided (c6 passed: cancel r2, blame nothing yet), saved the decision
         # with its outbox, and was killed before cancelling r2
@@ -326,6 +350,7 @@ class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unitt
             Alert("master-moved", "master moved outside the gate", "c" * 40),
         ):
             self.assertEqual(_action(json.loads(json.dumps(_record(a)))), a)
+            self.assertEqual(_action(json.loads(json.dumps(_record(a, key="k1")))), a)
 
     @defer.inlineCallbacks
     def test_a_blame_leaves_the_outbox_only_once_its_mail_went_out_and_is_mailed_after_a_restart(self):
@@ -333,21 +358,25 @@ class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unitt
         gate_open = defer.Deferred()
 
         class Notifier:  # the gate-notifier service's interface; the mail "sends" when released
-            async def blame(self, commit, author, failed_tests, urls):
-                mails.append((commit, tuple(failed_tests)))
+            async def blame(self, commit, author, failed_tests, urls, message_id=None):
+                mails.append((commit, tuple(failed_tests), message_id))
                 await gate_open
                 return True
 
         blame = Blame(COMMITS[2], "Dev <d@example.org>", ("test_app.T.test_value",), ("r2", "r4"))
+        rec = _record(blame, key="6f1c0ffee")  # the key the previous master gave the decision
         p = GatePolicy(config_from_settings(self.gate))
-        yield self.saved_by_previous_master({**p.to_state(), OUTBOX_KEY: [_record(blame)]})
+        yield self.saved_by_previous_master({**p.to_state(), OUTBOX_KEY: [rec]})
         sched = yield self.make()
         self.master.namedServices[NOTIFIER] = Notifier()
         self.addCleanup(self.master.namedServices.pop, NOTIFIER, None)
         yield sched.activate()
-        self.assertEqual(mails, [(COMMITS[2], ("test_app.T.test_value",))])  # mailed after the restart
+        # mailed after the restart, as the same message the previous master may have sent
+        self.assertEqual(
+            mails, [(COMMITS[2], ("test_app.T.test_value",), "<qacloud.blame.6f1c0ffee@qacloud>")]
+        )
         policy = yield sched.getState("policy")
-        self.assertEqual(policy[OUTBOX_KEY], [_record(blame)])  # not sent yet: a kill now mails again
+        self.assertEqual(policy[OUTBOX_KEY], [rec])  # not sent yet: a kill now mails again
         gate_open.callback(None)
         yield sched._lock.run(lambda: defer.succeed(None))
         policy = yield sched.getState("policy")

@@ -82,6 +82,25 @@ class GateNotifierMail(unittest.TestCase):
             self.assertEqual(self.smtp.inbox.recipients_of(m), ["dev@example.org"])
 
     @defer.inlineCallbacks
+    def test_a_mail_sent_again_keeps_the_message_id_the_gate_gave_it(self):
+        n = yield self._notifier(port=self.smtp.port)
+        mid = "<qacloud.blame.0123abcd@qacloud>"
+        for _ in range(2):  # e.g. once before a master was killed, once after its restart
+            ok = yield defer.ensureDeferred(
+                n.blame(CULPRIT, "Jane <jane@example.org>", ["t"], [], message_id=mid)
+            )
+            self.assertTrue(ok)
+        yield defer.ensureDeferred(
+            n.alert("master-moved", "master moved", message_id="<qacloud.alert.1@qacloud>")
+        )
+        yield defer.ensureDeferred(n.alert("master-moved", "master moved"))  # no id: a fresh one
+        self.smtp.inbox.wait(lambda m: len(self.smtp.inbox.messages) == 4, what="four mails")
+        ids = [m["Message-ID"] for m in self.smtp.inbox.messages]
+        self.assertEqual(ids[:3], [mid, mid, "<qacloud.alert.1@qacloud>"])
+        self.assertNotIn(ids[3], ids[:3])
+        self.assertTrue(ids[3].startswith("<") and ids[3].endswith("@qacloud>"))
+
+    @defer.inlineCallbacks
     def test_unreachable_relay_is_reported_not_raised(self):
         n = yield self._notifier(port=free_port())  # nothing listens there
         ok = yield defer.ensureDeferred(n.alert("promotion rejected", "master moved"))
