@@ -30,7 +30,9 @@ most once: a revert already on staging is not pushed again).
 
 from __future__ import annotations
 
+import datetime
 import os
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, fields
@@ -70,6 +72,10 @@ GATE_AUTHOR = "qacloud gate <qacloud@localhost>"
 URL_HISTORY = 400  # run_id -> build URL entries kept for blame mails
 OUTBOX_KEY = "scheduler_outbox"  # in the "policy" state: actions decided and not yet done
 DURABLE: tuple[type, ...] = (CancelRun, Revert, Blame, Alert, RecordFlake)
+# When this process loaded the gate: the master loads its configuration before Buildbot's
+# start-up housekeeping runs; builds that ended later are the live handler's.
+_LOADED_AT = time.time()
+HEALTH_CATCH_UP_SLACK = 3600.0  # s before the last count also searched (clock skew, late saves)
 
 
 def _short(sha: str | None) -> str:
@@ -233,6 +239,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         except gitops.GitError as e:
             log.msg(f"gate: {e}")
         await self._finish_outbox()
+        await self._count_missed_builds()
         events: list[Event] = await self._reconcile()
         events.extend(self._pool_events())
         promoting = self.policy.to_state().get("promoting") if self.policy else None
@@ -486,22 +493,70 @@ class GateScheduler(ReconfigurableBaseScheduler):
         return d
 
     async def _on_build_finished(self, msg: dict) -> None:
-        assert self.health is not None
         builder = await self.master.data.get(("builders", msg["builderid"]))
         if not builder or builder["name"] not in self.health_builders:
             return
-        props = await self.master.db.builds.getBuildProperties(msg["buildid"])
+        await self._count_build(msg["buildid"], msg.get("results"), self._now(), live=True)
+
+    async def _count_build(self, buildid: int, results: int | None, at: float, live: bool) -> bool:
+        """Record one finished BVT build of a health builder on its pool's health, once.
+        ``live``: a quarantine also goes to the policy at once (at start-up, ``_pool_events``
+        tells it, after the runs in flight are reconciled). True if it was counted now."""
+        assert self.health is not None
+        if self.health.counted(buildid):
+            return False
+        props = await self.master.db.builds.getBuildProperties(buildid)
         pool = _prop(props, "pool")
         if not pool or pool not in self.pools:
-            return
-        c = classify(msg.get("results"), props)
-        rec = self.health.record(pool, c.outcome == "inconclusive", c.reason)
+            return False
+        c = classify(results, props)
+        rec = self.health.record(pool, c.outcome == "inconclusive", c.reason, buildid=buildid, at=at)
         if rec.quarantined:
             log.msg(f"gate: QUARANTINE pool {pool}: {rec.reason}")
             self._notify("quarantined", pool, rec.reason)
-            await self._process([PoolUnavailable(pool, f"quarantined: {rec.reason}", self._now())])
-        else:
-            await self.setState("health", self.health.to_state())
+            if live:
+                await self._process([PoolUnavailable(pool, f"quarantined: {rec.reason}", self._now())])
+                return True
+        await self.setState("health", self.health.to_state())
+        return True
+
+    async def _count_missed_builds(self) -> None:
+        """Count the BVT builds that ended while no gate listened (a master killed between a
+        build's end and its health record) towards pool health, each once: those that ended
+        since the last count (less ``HEALTH_CATCH_UP_SLACK``) and before this process loaded.
+
+        RETRY builds are left out: Buildbot's start-up housekeeping finishes the builds a killed
+        master left running as RETRY (this process's or an earlier restart's, which never
+        counted them) -- the master's fault, never a pool's. A worker lost right before a kill
+        (also RETRY) goes uncounted; that costs one count, not a false quarantine."""
+        health = self.health
+        assert health is not None
+        if health.since is None:  # a new gate, or health saved before builds were remembered
+            health.since = self._now()
+            return
+        missed = []
+        for name in sorted(self.health_builders):
+            builderid = await self.master.db.builders.findBuilderId(name, autoCreate=False)
+            if builderid is None:
+                continue
+            for b in await self.master.db.builds.getBuilds(builderid=builderid, complete=True):
+                if b.complete_at is None or b.results in (CANCELLED, RETRY) or health.counted(b.id):
+                    continue
+                at = _epoch(b.complete_at)
+                # the DB keeps whole seconds: a build ended in the second this process loaded
+                # may be housekeeping's, so it is left out
+                if health.since - HEALTH_CATCH_UP_SLACK <= at < int(_LOADED_AT):
+                    missed.append((at, b.id, b.results))
+        counted = [
+            buildid
+            for at, buildid, results in sorted(missed)
+            if await self._count_build(buildid, results, at, live=False)
+        ]
+        if counted:
+            log.msg(
+                f"gate: {len(counted)} BVT build(s) ended while the gate was not running "
+                f"(builds {', '.join(map(str, counted))}): counted towards pool health now"
+            )
 
     async def release_pool(self, pool: str) -> bool:
         """Return a quarantined pool to service (the pool-service builder calls this)."""
@@ -728,6 +783,13 @@ def _action(rec: dict) -> Any:
     cls = _ACTIONS[rec["action"]]
     args = {f.name: rec[f.name] for f in fields(cls) if f.name in rec}
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+
+
+def _epoch(when: datetime.datetime | float) -> float:
+    """Seconds since the epoch of a DB time (Buildbot gives aware UTC datetimes)."""
+    if isinstance(when, datetime.datetime):
+        return when.timestamp()
+    return float(when)
 
 
 def _external_id(run_id: str) -> str:

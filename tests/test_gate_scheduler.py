@@ -62,14 +62,21 @@ class FakeOrigin:
         return gitops.PushResult(True)
 
 
+def fake_origin(case) -> FakeOrigin:
+    """Point the gate's git operations of ``case`` (a trial TestCase) at a FakeOrigin holding
+    MASTER and COMMITS; returns it."""
+    origin = FakeOrigin(MASTER, COMMITS)
+    for name in ("ensure_mirror", "fetch", "candidates_async", "is_ancestor", "push_master"):
+        case.patch(gitops, name, getattr(origin, name))
+    return origin
+
+
 class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):
         self.setup_test_reactor()
         yield self.setUpScheduler()
-        self.origin = FakeOrigin(MASTER, COMMITS)
-        for name in ("ensure_mirror", "fetch", "candidates_async", "is_ancestor", "push_master"):
-            self.patch(gitops, name, getattr(self.origin, name))
+        self.origin = fake_origin(self)
         self.gate = Gate(confirm_runs=1)
         self.addCleanup(pool_health.register, None)
 

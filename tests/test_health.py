@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from buildbot.process.properties import Properties
-from buildbot.process.results import CANCELLED, EXCEPTION, FAILURE
+from buildbot.process.results import CANCELLED, EXCEPTION, FAILURE, RETRY
 from buildbot.test import fakedb
 from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.util.scheduler import SchedulerMixin
@@ -12,9 +12,8 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from master.settings import Gate
-from schedulers import gitops
 from schedulers.gate import GateScheduler
-from tests.test_gate_scheduler import COMMITS, MASTER, FakeOrigin
+from tests.test_gate_scheduler import fake_origin
 from workers import health as pool_health
 from workers.health import PoolHealth
 from workers.selection import make_next_worker
@@ -69,15 +68,42 @@ def test_next_worker_skips_a_quarantined_pool_until_released():
         pool_health.register(None)
 
 
-class GateHealthTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unittest.TestCase):
+def build_rows(
+    buildid: int, results: int, pool: str, infra: str | None = None, complete_at: float | None = None
+) -> list:
+    """DB rows of a finished BVT build of builder 300 (gate-bvt) on ``pool``."""
+    rows = [
+        fakedb.Buildset(id=buildid + 50),
+        fakedb.BuildRequest(id=buildid + 100, buildsetid=buildid + 50, builderid=300),
+        fakedb.Build(
+            id=buildid,
+            number=buildid,
+            buildrequestid=buildid + 100,
+            builderid=300,
+            masterid=fakedb.FakeDBConnector.MASTER_ID,
+            results=results,
+            complete_at=None if complete_at is None else int(complete_at),
+        ),
+        fakedb.BuildProperty(buildid=buildid, name="pool", value=pool),
+    ]
+    if infra:
+        rows.append(fakedb.BuildProperty(buildid=buildid, name="infra_failure", value=infra))
+    return rows
+
+
+class GateHealthCase(SchedulerMixin, StateTestMixin, TestReactorMixin, unittest.TestCase):
+    """A gate scheduler on a fake master, pools pool1 and pool2, quarantine after 2."""
+
     @defer.inlineCallbacks
     def setUp(self):
         self.setup_test_reactor()
         yield self.setUpScheduler()
-        self.origin = FakeOrigin(MASTER, COMMITS)
-        for name in ("ensure_mirror", "fetch", "candidates_async", "is_ancestor", "push_master"):
-            self.patch(gitops, name, getattr(self.origin, name))
+        self.origin = fake_origin(self)
         self.addCleanup(pool_health.register, None)
+        self.notified: list[tuple[str, str]] = []
+
+    @defer.inlineCallbacks
+    def start_gate(self, health_builders=("gate-bvt",), first: bool = True):
         sched = GateScheduler(
             name="gate",
             builderNames=["gate-bvt"],
@@ -85,38 +111,34 @@ class GateHealthTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unittest
             pools=["pool1", "pool2"],
             gate=Gate(confirm_runs=1),
             quarantine_after=2,
-            health_builders=["gate-bvt", "try-bvt"],
+            health_builders=list(health_builders),
         )
-        yield self.attachScheduler(sched, 19, 9, overrideBuildsetMethods=True, createBuilderDB=True)
+        if first:
+            yield self.attachScheduler(sched, 19, 9, overrideBuildsetMethods=True, createBuilderDB=True)
+        else:
+            yield sched.setServiceParent(self.master)
         yield sched.reconfigServiceWithSibling(sched)
-        yield sched.activate()
-        self.addCleanup(sched.deactivate)
-        self.notified = []
+        notified = self.notified
 
         class Notifier:
             async def quarantined(_, pool, reason):
-                self.notified.append((pool, reason))
+                notified.append((pool, reason))
 
-        self.master.namedServices = {"gate-notifier": Notifier()}
-        self.sched = sched
+        self.master.namedServices["gate-notifier"] = Notifier()
+        yield sched.activate()
+        return sched
+
+
+class GateHealthTests(GateHealthCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        self.sched = yield self.start_gate(("gate-bvt", "try-bvt"))
+        self.addCleanup(self.sched.deactivate)
 
     @defer.inlineCallbacks
     def finish(self, buildid: int, results: int, pool: str, infra: str | None = None):
-        rows = [
-            fakedb.Buildset(id=buildid + 50),
-            fakedb.BuildRequest(id=buildid + 100, buildsetid=buildid + 50, builderid=300),
-            fakedb.Build(
-                id=buildid,
-                buildrequestid=buildid + 100,
-                builderid=300,
-                masterid=fakedb.FakeDBConnector.MASTER_ID,
-                results=results,
-            ),
-            fakedb.BuildProperty(buildid=buildid, name="pool", value=pool),
-        ]
-        if infra:
-            rows.append(fakedb.BuildProperty(buildid=buildid, name="infra_failure", value=infra))
-        yield self.master.db.insert_test_data(rows)
+        yield self.master.db.insert_test_data(build_rows(buildid, results, pool, infra))
         yield self.sched._build_finished(
             ("builds", str(buildid), "finished"), {"buildid": buildid, "builderid": 300, "results": results}
         )
@@ -143,3 +165,70 @@ class GateHealthTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unittest
         self.assertNotEqual(view["pools"]["pool2"]["state"], "unavailable")
         with self.assertRaisesRegex(ValueError, "unknown pool 'nope'"):
             yield self.sched.release_pool("nope")
+
+
+class HealthCatchUpAfterRestart(GateHealthCase):
+    """A master killed between a build's end and its health record: the restarted gate counts
+    that build once; builds Buildbot's start-up housekeeping finished (RETRY) are not the pool's
+    fault and are not counted."""
+
+    @defer.inlineCallbacks
+    def test_builds_that_ended_unrecorded_count_once_and_housekeeping_retries_not_at_all(self):
+        from schedulers import gate as gate_module
+
+        since = 1_700_000_000.0  # the previous master's last health count
+        old = GateScheduler(name="gate", builderNames=["gate-bvt"], repo_url="/x", gate=Gate())
+        yield self.set_fake_state(
+            old,
+            "health",
+            {"version": 1, "failures": {"pool2": 1}, "quarantined": {}, "counted": [1], "since": since},
+        )
+        rows = [
+            *build_rows(
+                1, FAILURE, "pool2", complete_at=since, infra="BMC 127.0.0.1:16021 did not answer"
+            ),  # counted
+            *build_rows(2, EXCEPTION, "pool2", complete_at=since + 60),  # ended, then the master was killed
+            *build_rows(
+                3, RETRY, "pool1", complete_at=gate_module._LOADED_AT + 1
+            ),  # this start's housekeeping
+            *build_rows(6, RETRY, "pool1", complete_at=since + 80),  # an earlier restart's housekeeping
+            *build_rows(
+                7, EXCEPTION, "pool1", complete_at=gate_module._LOADED_AT + 2
+            ),  # ended live: not caught up
+            *build_rows(4, CANCELLED, "pool1", complete_at=since + 70),  # cancellations say nothing
+            *build_rows(
+                5, EXCEPTION, "pool1", complete_at=since - 2 * gate_module.HEALTH_CATCH_UP_SLACK
+            ),  # long ago
+        ]
+        yield self.master.db.insert_test_data(rows)
+        sched = yield self.start_gate()
+        health = yield sched.getState("health")
+        self.assertEqual(health["failures"], {"pool2": 2})  # 1 before + build 2
+        self.assertIn("pool2", health["quarantined"])
+        self.assertEqual(sorted(health["counted"]), [1, 2])
+        self.assertTrue(pool_health.is_quarantined("pool2"))
+        self.assertFalse(pool_health.is_quarantined("pool1"))
+        self.assertEqual([p for p, _ in self.notified], ["pool2"])
+        view = yield sched.getState("view")
+        self.assertEqual(view["pools"]["pool2"]["state"], "unavailable")
+        # released, then restarted: nothing is counted twice
+        yield sched.release_pool("pool2")
+        yield sched.deactivate()
+        yield sched.disownServiceParent()
+        sched = yield self.start_gate(first=False)
+        health = yield sched.getState("health")
+        self.assertEqual(health["failures"], {"pool2": 0})
+        self.assertEqual(health["quarantined"], {})
+        self.assertEqual([p for p, _ in self.notified], ["pool2"])
+        yield sched.deactivate()
+
+    @defer.inlineCallbacks
+    def test_health_saved_before_builds_were_remembered_starts_counting_from_now(self):
+        old = GateScheduler(name="gate", builderNames=["gate-bvt"], repo_url="/x", gate=Gate())
+        yield self.set_fake_state(old, "health", {"version": 1, "failures": {"pool2": 1}, "quarantined": {}})
+        yield self.master.db.insert_test_data(build_rows(2, EXCEPTION, "pool2", complete_at=1_700_000_060))
+        sched = yield self.start_gate()
+        health = yield sched.getState("health")
+        self.assertEqual(health["failures"], {"pool2": 1})  # no history to tell what was counted
+        self.assertIsNotNone(health["since"])
+        yield sched.deactivate()

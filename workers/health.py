@@ -9,7 +9,9 @@ request and the gate stops planning runs on it, until a QA engineer releases it 
 
 ``PoolHealth`` is plain data; the gate scheduler owns the instance, persists ``to_state()``
 (its state key "health") and registers it here so ``nextWorker`` of the BVT builders can
-consult it (:func:`is_quarantined`).
+consult it (:func:`is_quarantined`). It remembers the builds it counted (their ids, the last
+``COUNTED``) and until when (``since``, the clock of the newest count), so a restarted master
+counts the builds that ended while none listened exactly once (``GateScheduler``'s catch-up).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import copy
 from dataclasses import dataclass
 
 HEALTH_VERSION = 1
+COUNTED = 500  # build ids remembered as counted (far more than end between two health saves)
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,29 @@ class PoolHealth:
         s = copy.deepcopy(state) if state else {}
         self._failures: dict[str, int] = dict(s.get("failures", {}))
         self._quarantined: dict[str, str] = dict(s.get("quarantined", {}))
+        self._counted: list[int] = [int(b) for b in s.get("counted", [])]
+        # the clock of the newest count; None: a state saved before builds were remembered
+        self.since: float | None = s.get("since")
 
-    def record(self, pool: str, infrastructure_failure: bool, reason: str = "") -> Recorded:
-        """One run ended on ``pool``; ``infrastructure_failure``: it could not judge the commit."""
+    def counted(self, buildid: int) -> bool:
+        """Whether the run of build ``buildid`` was recorded already."""
+        return buildid in self._counted
+
+    def record(
+        self,
+        pool: str,
+        infrastructure_failure: bool,
+        reason: str = "",
+        buildid: int | None = None,
+        at: float | None = None,
+    ) -> Recorded:
+        """One run ended on ``pool``; ``infrastructure_failure``: it could not judge the commit.
+        ``buildid`` and ``at`` (when it ended) make the count once-only and move ``since``."""
+        if buildid is not None:
+            self._counted.append(buildid)
+            del self._counted[:-COUNTED]
+        if at is not None:
+            self.since = max(self.since or at, at)
         if not infrastructure_failure:
             self._failures[pool] = 0
             return Recorded(pool, 0, False)
@@ -74,6 +97,8 @@ class PoolHealth:
             "version": HEALTH_VERSION,
             "failures": dict(self._failures),
             "quarantined": dict(self._quarantined),
+            "counted": list(self._counted),
+            "since": self.since,
         }
 
 
