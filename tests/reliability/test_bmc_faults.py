@@ -20,6 +20,7 @@ from twisted.trial import unittest
 from lab.bmc import BmcFleet, VirtualBmc
 from lab.lossy_udp import LossyUdpRelay
 from steps.ipmi import BmcTarget, IpmiClient, IpmiError
+from tests.reliability import lossy_ipmi_run
 from tests.reliability.recorder import Recorder
 from tests.support.ipmi import count_tries
 from tests.support.procs import REPO, free_port
@@ -66,7 +67,7 @@ class BmcFaults(unittest.TestCase):
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=3 * 11 * 8 + 30,
+            timeout=3 * (lossy_ipmi_run.RETRIES + 1) * 8 + 30,
             env=dict(os.environ, PYTHONPATH=str(REPO)),
         )
         self.assertEqual(p.returncode, 0, p.stderr[-3000:])
