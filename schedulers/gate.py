@@ -30,7 +30,6 @@ most once: a revert already on staging is not pushed again).
 
 from __future__ import annotations
 
-import datetime
 import os
 import time
 import uuid
@@ -542,7 +541,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
             for b in await self.master.db.builds.getBuilds(builderid=builderid, complete=True):
                 if b.complete_at is None or b.results in (CANCELLED, RETRY) or health.counted(b.id):
                     continue
-                at = _epoch(b.complete_at)
+                at = b.complete_at.timestamp()  # Buildbot gives aware UTC datetimes
                 # the DB keeps whole seconds: a build ended in the second this process loaded
                 # may be housekeeping's, so it is left out
                 if health.since - HEALTH_CATCH_UP_SLACK <= at < int(_LOADED_AT):
@@ -783,13 +782,6 @@ def _action(rec: dict) -> Any:
     cls = _ACTIONS[rec["action"]]
     args = {f.name: rec[f.name] for f in fields(cls) if f.name in rec}
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
-
-
-def _epoch(when: datetime.datetime | float) -> float:
-    """Seconds since the epoch of a DB time (Buildbot gives aware UTC datetimes)."""
-    if isinstance(when, datetime.datetime):
-        return when.timestamp()
-    return float(when)
 
 
 def _external_id(run_id: str) -> str:

@@ -381,6 +381,9 @@ def _session_class() -> type:
             self._poller: Any = None
             if not attempt.bind(self):
                 raise _Unanswered("abandoned")
+            # resolved here, not in _assignsocket: that runs under pyghmi's process-wide socket
+            # lock, and a BMC given by name would make every session wait for its lookup
+            self._local = _local_bind(bmc, port)
             # with a logon callback pyghmi's __init__ only sends the first login datagram;
             # the login is driven to its end here, on this thread, from this session's socket
             super().__init__(bmc, userid, password, port=port, keepalive=False, onlogon=_no_logon_callback)
@@ -398,7 +401,7 @@ def _session_class() -> type:
             # this BMC rather than to every address (pyghmi binds '' / '::')
             cls = type(self)
             if server is None:
-                server = _local_bind(self.bmc, self.port)
+                server = self._local
             sock = super()._assignsocket(server, forbiddensockets=tuple(cls.socketpool))
             cls.socketpool[sock] = ipmisession.MAX_BMCS_PER_SOCKET  # never shared either
             # read by the try's own thread (_pump), never by pyghmi's I/O thread
