@@ -4,16 +4,18 @@ Model. Candidates c_0..c_{n-1} are the first-parent commits of staging after mas
 tests the tree at one candidate; a pass at c_i justifies promoting c_0..c_i. From the results
 known per commit the policy derives, on every event:
 
-* ``good``: the highest candidate with a passing run (-1 = master, assumed green);
+* ``good``: the highest candidate shown to pass the whole suite (-1 = master, assumed
+  green): a full pass, or a filtered pass with the other tests shown passing above it;
 * ``bad``: the lowest candidate above ``good`` with a failing run (None: no known failure).
 
 Then it plans: promote ``good``; with no failure, test the tip and let idle pools pre-test
 prefix points (speculation; ``batch_load``, on in the default settings: when the load
 estimated from the events' clocks makes the gate pool-bound, a new tip run waits for a bigger
-batch); with a failure, split (good, bad) into k+1 parts with the k free pools ((k+1)-ary
-prefix search, never re-testing a known result nor the known-failing top);
-when bad = good + 1 the suspect must fail ``confirmations`` more times (its parent, ``good``,
-passed) before it is blamed; a pass of the suspect makes its failure a recorded flake.
+batch); with a failure, split (parent, bad) into k+1 parts with the k free pools ((k+1)-ary
+prefix search, never re-testing a known result nor the known-failing top; ``parent``: the
+highest commit below ``bad`` passing the tests ``bad`` fails, at least ``good``); when
+bad = parent + 1 the suspect must fail ``confirmations`` more times before it is blamed; a
+pass of the suspect makes its failure a recorded flake.
 Inconclusive runs are never evidence: they are retried on another pool, bounded.
 
 After a blame the culprit and every commit above it are *blocked* (their trees contain the
@@ -285,18 +287,24 @@ class GatePolicy:
         return "P"
 
     def _good(self) -> int:
-        """Highest promotable pass: a filtered pass inside a block does not count (the
-        filter only covered the tests being hunted, the block's culprit breaks others)."""
+        """Highest promotable pass. A filtered pass (a run of some tests only) counts only
+        where the results above it show every other test passing (``_tests_passed`` is
+        None), and never inside a block (the filter covered the tests being hunted, the
+        block's culprit breaks others). Otherwise it says nothing about the other tests: a
+        second culprit hunted on other tests, or one no full run has shown yet, may break
+        them there, and promoting it would break master."""
         s = self._s
-        lo = self._index.get(s["blocked_from"], -1) if s["blocked_from"] else -1
         hi = self._index.get(s["blocked_to"], -1) if s["blocked_to"] else -1
+        lo = self._index.get(s["blocked_from"], 0) if s["blocked_from"] and hi >= 0 else -1
         best = -1
         for sha, rs in s["results"].items():
             i = self._index.get(sha)
             if i is None or i <= best:
                 continue
-            in_block = lo >= 0 and lo <= i <= hi
-            if any(r["outcome"] == "pass" and (r["tests"] is None or not in_block) for r in rs):
+            passes = [r for r in rs if r["outcome"] == "pass"]
+            if any(r["tests"] is None for r in passes):
+                best = i
+            elif passes and not (lo >= 0 and lo <= i <= hi) and self._tests_passed(sha) is None:
                 best = i
         return best
 
@@ -322,6 +330,19 @@ class GatePolicy:
             i = self._index.get(sha)
             if i is not None and i > good and (best is None or i < best) and self._status(sha) == "F":
                 best = i
+        return best
+
+    def _shown_below(self, good: int, bad: int | None) -> int:
+        """The highest candidate in (good, bad) shown to pass the tests ``bad`` fails (a
+        filtered bisection pass that is not promotable: other tests may fail there), else
+        ``good``: the lower end of the interval bisected for ``bad``'s failure."""
+        tests = set(self._failed_tests(self._s["candidates"][bad]) or ()) if bad is not None else set()
+        best = good
+        if tests:
+            for sha, rs in self._s["results"].items():
+                i = self._index.get(sha, -1)
+                if best < i < bad and self._evidence(rs, tests) == "pass":
+                    best = i
         return best
 
     def _blocked_index(self, good: int) -> int | None:
@@ -477,7 +498,7 @@ class GatePolicy:
         s["inconclusive"] = {c: n for c, n in s["inconclusive"].items() if c in self._index}
         s["retries"] = [r for r in s["retries"] if r["commit"] in self._index]
         if s["blocked_to"] not in self._index:
-            s["blocked_to"] = None
+            s["blocked_from"], s["blocked_to"], s["blocked_tests"] = None, None, []
         if new and (not old or new[-1] != old[-1]):
             s["stalled"] = []  # a new tip: try again
         else:
@@ -522,7 +543,7 @@ class GatePolicy:
             s["retries"] = [r for r in s["retries"] if r["commit"] in self._index]
             s["stalled"] = [c for c in s["stalled"] if c in self._index]
             if s["blocked_to"] not in self._index:
-                s["blocked_to"] = None
+                s["blocked_from"], s["blocked_to"], s["blocked_tests"] = None, None, []
             for rid, r in list(s["runs"].items()):
                 if r["commit"] not in self._index and self.config.cancel_useless_runs:
                     self._cancel(rid, "commit already promoted", out)
@@ -790,6 +811,7 @@ class GatePolicy:
             s["groups"] = []
         blocked = self._blocked_index(good)
         bad = self._bad(good) if blocked is None else None
+        parent = self._shown_below(good, bad)  # the suspect's parent: bad's tests pass there
 
         # 1. promote the passing prefix at once
         if good >= 0 and s["promoting"] is None and not s["halted"]:
@@ -797,16 +819,22 @@ class GatePolicy:
             out.append(Promote(cand[good]))
 
         # 2. blame a confirmed suspect
-        if bad is not None and bad == good + 1:
+        if bad is not None and bad == parent + 1:
             sha = cand[bad]
             fails = [r for r in s["results"][sha] if r["outcome"] == "fail"]
             if len(fails) >= 1 + cfg.confirmations:
                 failed = {t for r in fails for t in r["failed_tests"]}
-                tests = sorted(self._explained(good, failed))
-                if failed and not tests and good < 0:  # ask master itself (parent runs)
+                tests = sorted(self._explained(parent, failed))
+                if failed and not tests and parent < 0:  # ask master itself (parent runs)
                     if self._check_master(failed, sha, out):
                         blocked, bad = len(cand) - 1, None
-                elif failed and not tests and s["promoting"] == cand[good] and not s["halted"]:
+                elif (
+                    failed
+                    and not tests
+                    and parent == good
+                    and s["promoting"] == cand[good]
+                    and not s["halted"]
+                ):
                     pass  # its parent is being promoted: ask master once it is master
                 elif failed and not tests:  # the parent was never shown to pass these: inherited, not caused
                     unexplained = sorted({t for r in fails for t in r["failed_tests"]})
@@ -864,7 +892,7 @@ class GatePolicy:
             i = self._index.get(r["commit"])
             wanted = i is not None and i > good
             if wanted and bad is not None:
-                wanted = i < bad or (i == bad and i == good + 1)
+                wanted = i < bad or (i == bad and i == parent + 1)
             if wanted:  # a pass covering its tests came in meanwhile: nothing left to ask
                 rs = s["results"].get(r["commit"], [])
                 covered = any(x["outcome"] == "pass" and x["tests"] is None for x in rs) or (
@@ -912,7 +940,8 @@ class GatePolicy:
 
         if bad is None:  # work-conserving: an idle pool tests an untested tip at once; the
             # commits arriving while every pool is busy are covered together by the next one
-            if usable(tip):
+            # (a tip with only a filtered pass, a fix probe's say, is not shown to pass: run it)
+            if usable(tip) or (cand[tip] not in busy and cand[tip] not in stalled and tip > good):
                 if self._batch_held(self._full_top(good), tip):
                     return  # pool-bound: the next tip run waits for a bigger batch
                 self._start(cand[tip], free.pop(0), "tip", None, out)
@@ -922,10 +951,20 @@ class GatePolicy:
             return
 
         tests = self._failed_tests(cand[bad])
-        if bad == good + 1:  # confirm the suspect: fail again, in parallel
+        if bad == parent + 1:  # confirm the suspect: fail again, in parallel
             self._confirm(cand[bad], tests, free, stalled, out)
             return
-        self._probe(good, bad, free, "bisect", tests, usable, out)
+
+        def unknown(i: int) -> bool:  # nothing known about ``tests`` at i (a pass of others is no answer)
+            c = cand[i]
+            rs = s["results"].get(c, [])
+            return (
+                c not in busy
+                and c not in stalled
+                and (not rs or (tests is not None and self._evidence(rs, set(tests)) is None))
+            )
+
+        self._probe(parent, bad, free, "bisect", tests, unknown, out)
         if cfg.overlap_confirmation and free:  # spare pools: confirm the failing top meanwhile
             self._confirm(cand[bad], tests, free, stalled, out)
 
@@ -1021,29 +1060,47 @@ class GatePolicy:
         return 1 - (1 - self.culprit_rate()) ** len(untested) >= SPECULATE_WHEN
 
     def _tests_passed(self, sha: str) -> list[str] | None:
-        """Tests ``sha`` is shown to pass (None: all). A filtered pass covers every test when
-        every full-suite failure above it failed only tests of the filter (the bisection's
-        premise: the other tests passed there, so they pass below it). One full failure of
-        another test voids the premise: that test may be broken below ``sha`` and merely
-        fixed in between."""
-        passes = [r for r in self._s["results"].get(sha, []) if r["outcome"] == "pass"]
+        """Tests ``sha`` is shown to pass (None: all), by the bisection's premise that a test
+        failing in a tree keeps failing above it until fixed: each test is decided by the
+        lowest commit at or above ``sha`` with a run covering it (passed there: shown; failed:
+        not), and the lowest full run decides every test no lower run covered. So a filtered
+        pass covers the whole suite when the first full run above failed only tests that
+        passed on the way up, and never a test another run above failed first (a second
+        culprit hunted on other tests, say). A test broken at ``sha`` and fixed before the
+        run deciding it is the premise's blind spot (an ``inherited-failure`` alert later)."""
+        s = self._s
+        rs = s["results"].get(sha, [])
+        passes = [r for r in rs if r["outcome"] == "pass"]
         if not passes or any(r["tests"] is None for r in passes):
             return None
-        covered = {
-            t
-            for r in self._s["results"][sha]
-            if r["outcome"] == "pass" or r["flake"]
-            for t in r["tests"] or ()
-        }
-        i, premise = self._index.get(sha, -1), False
-        for other, rs in self._s["results"].items():
-            if self._index.get(other, -1) > i:
-                for r in rs:
-                    if r["tests"] is None and r["outcome"] == "fail" and not r["flake"]:
-                        if not r["failed_tests"] or not set(r["failed_tests"]) <= covered:
-                            return sorted(covered)  # a test outside the filter may fail below too
-                        premise = True
-        return None if premise else sorted(covered)
+        i = self._index.get(sha, -1)
+        decided: dict[str, bool] = {}
+        for _, runs in sorted(
+            (j, runs) for c, runs in s["results"].items() if (j := self._index.get(c, -1)) >= i
+        ):
+            here: dict[str, bool] = {}
+            full = None  # this commit's full-suite verdict for the tests no run decided
+            unknown = False  # a full run failing tests it did not name: any may fail here
+            for r in runs:
+                ok = r["outcome"] == "pass" or r["flake"]  # a flake's failures passed on a re-run
+                failed = set() if ok else set(r["failed_tests"])
+                if r["tests"] is None:
+                    if ok or failed:
+                        full = failed if full is None else full & failed
+                    else:
+                        unknown = True
+                    continue
+                for t in r["tests"]:
+                    here[t] = here.get(t, False) or t not in failed
+            for t, passed in here.items():
+                decided.setdefault(t, passed)
+            if full is None and unknown:
+                break
+            if full is not None:
+                if all(passed for passed in decided.values()) and all(decided.get(t, False) for t in full):
+                    return None
+                break
+        return sorted(t for t, passed in decided.items() if passed)
 
     def _explained(self, parent: int, failed: set[str]) -> set[str]:
         """The failed tests the parent was shown to pass (all of them after a full pass)."""
@@ -1060,7 +1117,8 @@ class GatePolicy:
 
     def _block(self, culprit: str, tests: list[str]) -> None:
         s = self._s
-        if s["blocked_from"] is None or self._index[culprit] < self._index.get(s["blocked_from"], 0):
+        current = self._index.get(s["blocked_from"]) if s["blocked_from"] else None
+        if current is None or self._index[culprit] < current:  # (a culprit that left staging: no block)
             s["blocked_from"] = culprit
         s["blocked_to"] = s["candidates"][-1]
         s["blocked_tests"] = sorted(set(s["blocked_tests"]) | set(tests))

@@ -341,14 +341,15 @@ class Simulator:
         self.attempts[a.commit] = attempt + 1
         duration = self.duration(a.commit, attempt, a.tests)
         culprits = self._culprits_in(a.commit)
+        broken = {SUITE[int(crn.uniform(0, "test", c) * len(SUITE))] for c in culprits}
+        if a.tests:  # a filtered run runs, and so can fail, only its own tests
+            broken &= set(a.tests)
         failed: tuple[str, ...] = ()
         if crn.uniform(self.seed, "infra", a.commit, attempt) < self.sc.infra_rate:
             outcome = "inconclusive"
-        elif culprits:
+        elif broken:
             outcome = "fail"
-            failed = tuple(sorted({SUITE[int(crn.uniform(0, "test", c) * len(SUITE))] for c in culprits}))
-            if a.tests and set(failed) & set(a.tests):  # a filtered run reports only its tests
-                failed = tuple(t for t in failed if t in a.tests)
+            failed = tuple(sorted(broken))
         elif crn.uniform(self.seed, "flake", a.commit, attempt) < self.flake_rate:
             outcome = "fail"
             pick = a.tests or SUITE  # a filtered run can only flake on a test it ran
