@@ -71,6 +71,9 @@ class PolicyConfig:
     speculate: bool = True  # idle pools pre-test prefix points while the tip is under test
     culprit_action: str = "hold"  # "hold" or "revert"
     cancel_useless_runs: bool = True  # cancel runs whose result can no longer change a decision
+    # ... except a tip run above a known failure: it passes if that failure was a flake, and
+    # it shows the culprits above it (docs/performance.md, round 9)
+    finish_tip_runs: bool = True
     hold_hopeless_tips: bool = True  # behind a block: test a new tip only when it may hold a fix
     overlap_confirmation: bool = True  # spare pools of a bisect round re-run the failing top
     detect_behind_block: bool = True  # behind a block: a held tip with new commits finds the next culprit
@@ -871,7 +874,7 @@ class GatePolicy:
                     continue  # master itself: decided by _check_master, dropped when master moves
                 i = self._index[r["commit"]]
                 useless = i <= good
-                if bad is not None and i > bad:
+                if bad is not None and i > bad and not (r["kind"] == "tip" and cfg.finish_tip_runs):
                     useless = True
                 if useless:
                     self._cancel(rid, "result no longer needed", out)

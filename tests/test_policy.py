@@ -512,6 +512,34 @@ def test_work_conserving_idle_pools_test_new_tips_and_busy_pools_batch():
     assert p.culprit_rate() == 0.05 * 20 / 23  # 3 commits promoted, no blame, prior 0.05 worth 20
 
 
+@pytest.mark.parametrize("finish", [True, False])
+def test_a_tip_run_above_a_new_failure_finishes_and_promotes_past_a_flake(finish):
+    """Two tip runs in flight, c then f above it. c fails (a flake, as it turns out): the
+    gate bisects below c on the other pools, and f's run, which cannot change the hunt, is
+    left to finish (``finish_tip_runs``): its pass shows c's failure was a flake and promotes
+    everything at once, without waiting for the hunt. Off, f's run is cancelled."""
+    p = GatePolicy(PolicyConfig(speculate=False, finish_tip_runs=finish))
+    p.handle(StagingUpdated("m", ("a", "b", "c")))
+    first = [a for n in ("p1", "p2", "p3") for a in p.handle(PoolAvailable(n)) if isinstance(a, StartRun)]
+    assert [(a.commit, a.kind) for a in first] == [("c", "tip")]
+    (top,) = [
+        a for a in p.handle(StagingUpdated("m", ("a", "b", "c", "d", "e", "f"))) if isinstance(a, StartRun)
+    ]
+    assert (top.commit, top.kind) == ("f", "tip")
+    acts = p.handle(RunFinished(first[0].run_id, "fail", ("test_vm",)))
+    probes = [a for a in acts if isinstance(a, StartRun)]
+    assert {a.tests for a in probes} == {("test_vm",)} and "bisect" in {a.kind for a in probes}
+    cancelled = {a.run_id for a in acts if isinstance(a, CancelRun)}
+    if not finish:
+        assert cancelled == {top.run_id}
+        return
+    assert not cancelled and top.run_id in p.in_flight()
+    acts = p.handle(RunFinished(top.run_id, "pass"))
+    assert Promote("f") in acts
+    assert {a.run_id for a in acts if isinstance(a, CancelRun)} == {a.run_id for a in probes}
+    assert not [a for a in acts if isinstance(a, Blame)]
+
+
 def test_config_from_settings_follows_observed_flake_rate():
     from master.settings import Gate
     from schedulers.policy import config_from_settings
