@@ -103,7 +103,7 @@ def gate_decision(n_master: int = 40_000, n_staging: int = 50, repeat: int = 5) 
             candidates = gitops.candidates
             via = "schedulers.gitops.candidates"
         except (ImportError, AttributeError):
-            candidates = None
+            gitops, candidates = None, None
             via = "git rev-list (schedulers.gitops.candidates not available)"
 
         def decide() -> list:
@@ -112,7 +112,9 @@ def gate_decision(n_master: int = 40_000, n_staging: int = 50, repeat: int = 5) 
                 commits = tuple(getattr(found, "commits", found))
             else:
                 commits = tuple(raw())
-            master = subprocess.run(
+            # as the scheduler after its fetch: the ref files, git only when they do not say
+            refs = gitops.read_refs(str(repo), "refs/heads/master") if candidates is not None else None
+            master = (refs or [None])[0] or subprocess.run(
                 ["git", "rev-parse", "master"], cwd=repo, capture_output=True, text=True, check=True
             ).stdout.strip()
             policy = GatePolicy(PolicyConfig())

@@ -27,6 +27,21 @@ def test_candidates_first_parent_oldest_first(tmp_path):
     assert gitops.candidates(str(proj.origin), "staging", "staging") == []
 
 
+def test_read_refs_matches_git_for_loose_and_packed_refs_and_defers_otherwise(tmp_path):
+    proj, shas = _project(tmp_path)
+    repo = str(proj.origin)
+    want = [git("rev-parse", r, cwd=proj.origin) for r in ("refs/heads/master", "refs/heads/staging")]
+    assert gitops.read_refs(repo, "refs/heads/master", "refs/heads/staging") in (want, None)
+    git("pack-refs", "--all", cwd=proj.origin)  # no loose ref files left: packed-refs alone
+    assert not (proj.origin / "refs/heads/staging").exists()
+    assert gitops.read_refs(repo, "refs/heads/master", "refs/heads/staging") == want
+    (proj.origin / "refs/heads/staging").write_text(shas[0] + "\n")  # a loose ref wins over packed
+    assert gitops.read_refs(repo, "refs/heads/staging") == [shas[0]]
+    (proj.origin / "refs/heads/sym").write_text("ref: refs/heads/master\n")
+    assert gitops.read_refs(repo, "refs/heads/master", "refs/heads/sym") is None  # git decides
+    assert gitops.read_refs(repo, "refs/heads/missing") is None
+
+
 class AsyncGit(unittest.TestCase):
     async def _scenario(self, tmp):
         proj, shas = _project(tmp)
