@@ -1079,7 +1079,8 @@ class GatePolicy:
         i = self._index.get(sha, -1)
         decided: dict[str, bool] = {}
         for _, runs in sorted(
-            (j, runs) for c, runs in s["results"].items() if (j := self._index.get(c, -1)) >= i
+            ((j, runs) for c, runs in s["results"].items() if (j := self._index.get(c, -1)) >= i),
+            key=lambda jr: jr[0],
         ):
             here: dict[str, bool] = {}
             full = None  # this commit's full-suite verdict for the tests no run decided
