@@ -147,6 +147,32 @@ def test_the_gate_never_promotes_on_a_filtered_pass_over_an_unseen_culprit(seed)
     assert res.unpromoted == 0 and res.false_rejections == 0
 
 
+def test_compare_pairs_the_same_seeds_and_reports_differences_with_their_ci(capsys):
+    """``bench.gate_sim.compare`` (how docs/performance.md measures a lever): identical
+    configurations differ by exactly 0 (same traces, same luck); a real lever shows up in
+    the paired difference; safety counts are reported per side; a bad field is refused."""
+    from bench.gate_sim import compare
+
+    assert compare.seed_set(4) == [1, 2, 101, 102] and compare.seed_set(1) == [1]
+    same = compare.compare({}, {}, [3.0], seeds=2, commits=80, jobs=1)
+    for k in compare.METRICS:
+        assert same["rates"][3.0][k]["diff"] == 0 and same["rates"][3.0][k]["ci"] == 0
+    off = compare.compare({}, {"finish_tip_runs": False}, [4.0], seeds=2, commits=150, jobs=1)
+    per = off["rates"][4.0]
+    assert per["runs_per_commit"]["diff"] != 0
+    assert per["runs_per_commit"]["b"] - per["runs_per_commit"]["a"] == pytest.approx(
+        per["runs_per_commit"]["diff"]
+    )
+    assert per["safety_a"]["master_breakage"] == per["safety_b"]["master_breakage"] == 0
+    assert compare.main(["--rates", "2", "--seeds", "2", "--commits", "40", "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| 2 | runs_per_commit |" in out and "| 2 | safety B | false rejections" in out
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--b", "no_such_knob=1"])
+    assert e.value.code == 2
+    assert "unknown PolicyConfig field 'no_such_knob'" in capsys.readouterr().err
+
+
 def test_trace_errors_name_file_line_and_field(tmp_path):
     p = tmp_path / "t.jsonl"
     p.write_text(
