@@ -771,6 +771,7 @@ class GatePolicy:
         ``REALERT_TIPS`` commits pushed after the alert still fail them (e.g. a culprit breaking
         the same tests landed below the developers' fix); new tips stay tested until then."""
         s, cand = self._s, self._s["candidates"]
+        due_groups: list[tuple[dict, list[int], Any]] = []
         for g in groups:
             since = g.get("alerted")
             if g["fixed"] is not None or since is True or (g.get("masked") and since is None):
@@ -788,21 +789,30 @@ class GatePolicy:
                 due = len(failing) >= STILL_FAILING_TIPS or (failing and idle)
             else:
                 due = len(failing) >= REALERT_TIPS
-            if not due:
-                continue
+            if due:
+                due_groups.append((g, failing, since))
+        if not due_groups:
+            return
+        # one alert for every group due now (one message for the humans, naming each)
+        parts = []
+        for g, failing, since in due_groups:
             g["alerted"] = cand[-1]
-            a, top = g["culprit"], cand[failing[-1]]
             again = " (again: commits pushed after the last alert fail them too)" if since else ""
-            self._alert(
-                out,
-                "still-failing",
+            parts.append(
                 f"{', '.join(g['tests'][:5])} still fail(s) at {len(failing)} commit(s) pushed after"
-                f" {a[:12]} was {'last alerted about' if since else 'blamed'}, up to {top[:12]}{again}:"
-                f" commits {a[:12]}..{top[:12]} stay blocked;"
-                " a revert or fix did not repair it, or another commit in that range breaks the"
-                " same tests (masked, the gate cannot isolate it); a fix on staging unblocks them",
-                top,
+                f" {g['culprit'][:12]} was {'last alerted about' if since else 'blamed'}, up to"
+                f" {cand[failing[-1]][:12]}{again}"
             )
+        first = min((g["culprit"] for g, _, _ in due_groups), key=lambda c: self._index[c])
+        top = cand[max(failing[-1] for _, failing, _ in due_groups)]
+        self._alert(
+            out,
+            "still-failing",
+            f"{'; and '.join(parts)}: commits {first[:12]}..{top[:12]} stay blocked;"
+            " a revert or fix did not repair it, or another commit in that range breaks the"
+            " same tests (masked, the gate cannot isolate it); a fix on staging unblocks them",
+            top,
+        )
 
     def _plan_runs(self, out: list[Action]) -> None:
         s, cfg = self._s, self.config

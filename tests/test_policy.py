@@ -40,7 +40,8 @@ FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 @dataclass
 class History:
     """Ground truth: culprit i breaks test f"t{same.get(i, i)}" (``same``: culprits breaking
-    another culprit's test, i.e. masked in its span); fixes[j] = culprit it repairs."""
+    another culprit's test, i.e. masked in its span), and f"t{also[i]}" too when given (a
+    culprit breaking two tests, possibly another culprit's); fixes[j] = culprit it repairs."""
 
     n: int
     culprits: set[int]
@@ -48,6 +49,7 @@ class History:
     flaky: set[tuple[int, int]] = field(default_factory=set)  # (commit, attempt) -> spurious fail
     inconclusive: set[tuple[int, int]] = field(default_factory=set)
     same: dict[int, int] = field(default_factory=dict)
+    also: dict[int, int] = field(default_factory=dict)
 
     def live(self, i: int) -> set[int]:
         """Culprits in the tree at commit i and not fixed at or below it."""
@@ -56,7 +58,10 @@ class History:
 
     def broken(self, i: int) -> set[str]:
         """Tests failing at commit i (i = -1 is master)."""
-        return {f"t{self.same.get(c, c)}" for c in self.live(i)}
+        live = self.live(i)
+        return {f"t{self.same.get(c, c)}" for c in live} | {
+            f"t{self.also[c]}" for c in live if c in self.also
+        }
 
 
 @dataclass
@@ -305,7 +310,12 @@ def histories(draw, flakes: bool = True, inconclusive: bool = True, fixes: bool 
     for a, b in itertools.pairwise(sorted(culprits)):
         if masked and draw(st.booleans()):
             same[b] = same.get(a, a)
-    return History(n, culprits, fx, flaky, inc, same)
+    also = {}  # a culprit may break a second test: a new one, or another culprit's
+    if masked:
+        for c in sorted(culprits):
+            if draw(st.integers(0, 3)) == 0:
+                also[c] = draw(st.sampled_from(sorted(culprits | {n + 100 + c})))
+    return History(n, culprits, fx, flaky, inc, same, also)
 
 
 configs = st.builds(
@@ -792,6 +802,25 @@ def test_hold_mode_alerts_once_when_the_blamed_tests_still_fail_after_the_blame(
     seen = _play(p, "a0", staging, breaks, fixes, p.handle(StagingUpdated("a0", tuple(staging[1:]))))
     assert [a.commit for a in seen if isinstance(a, Promote)] == ["fixB"]
     assert not [a for a in seen if isinstance(a, Alert)]
+
+
+def test_two_blamed_culprits_still_failing_at_the_same_commit_are_one_alert():
+    """c0 breaks t0, c1 breaks t1, and c2 (in both spans) breaks t1 and t0 too: after both
+    blames and their reverts the same commit still fails both groups' tests. The humans get
+    one still-failing alert naming both (found by hypothesis once culprits could break two
+    tests), and everything is promoted once c2 is fixed."""
+    hist = History(n=3, culprits={0, 1, 2}, same={2: 1}, also={2: 0})
+    d = Driver(hist, 1, PolicyConfig(confirmations=1, speculate=False, culprit_action="hold"))
+    d.run()
+    assert d.blames == ["c000", "c001"]
+    (alert,) = d.alerts
+    assert (alert.kind, alert.commit) == ("still-failing", "c004")
+    assert alert.message.startswith(
+        "t0 still fail(s) at 2 commit(s) pushed after c000 was blamed, up to c004; and t1 still"
+        " fail(s) at 1 commit(s) pushed after c001 was blamed, up to c004: commits c000..c004"
+        " stay blocked;"
+    )
+    assert d.master == d.hist.n - 1
 
 
 def _starts(acts: list) -> list[tuple[str, str]]:
