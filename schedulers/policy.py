@@ -1167,6 +1167,7 @@ class GatePolicy:
         so it cannot be isolated. Say so once; new tips are still tested (a fix unblocks)
         and nobody else is blamed for those tests."""
         cand = self._s["candidates"]
+        due: list[tuple[dict, int]] = []
         for g in groups:
             if g.get("masked") or g["fixed"] is not None:
                 continue
@@ -1175,15 +1176,25 @@ class GatePolicy:
                 continue
             if self._evidence(self._s["results"].get(cand[r], []), set(g["tests"])) == "fail":
                 g["masked"], g["alerted"] = True, cand[-1]
-                a = g["culprit"]
-                self._alert(
-                    out,
-                    "culprit-masked",
-                    f"culprit masked behind {a[:12]}; commits {a[:12]}..{cand[r][:12]} cannot be"
-                    f" bisected until fixed: the revert {cand[r][:12]} still fails"
-                    f" {', '.join(g['tests'][:5])}; testing new tips, a fix on staging unblocks them",
-                    cand[r],
-                )
+                due.append((g, r))
+        # one alert for every group found masked now (one message for the humans, naming each)
+        by_revert: dict[int, list[dict]] = {}
+        for g, r in due:
+            by_revert.setdefault(r, []).append(g)
+        for r, gs in sorted(by_revert.items()):
+            parts = [
+                f"culprit masked behind {g['culprit'][:12]}; commits {g['culprit'][:12]}..{cand[r][:12]}"
+                " cannot be bisected until fixed"
+                for g in gs
+            ]
+            tests = sorted({t for g in gs for t in g["tests"]})
+            self._alert(
+                out,
+                "culprit-masked",
+                f"{'; and '.join(parts)}: the revert {cand[r][:12]} still fails"
+                f" {', '.join(tests[:5])}; testing new tips, a fix on staging unblocks them",
+                cand[r],
+            )
 
     def _explained_at(self, i: int, groups: list[dict]) -> set[str]:
         """Tests a commit's tree fails because of blamed culprits not yet fixed below it."""

@@ -78,6 +78,7 @@ class Driver:
     known: dict = field(default_factory=dict)  # sha -> [(outcome, tests, failed)]
     attempts: dict = field(default_factory=dict)
     blames: list = field(default_factory=list)
+    blamed_tests: list = field(default_factory=list)  # (commit, test) per Blame
     promotions: list = field(default_factory=list)
     flakes: list = field(default_factory=list)
     alerts: list = field(default_factory=list)
@@ -176,6 +177,7 @@ class Driver:
             if not h.fixes:
                 assert i in h.culprits
             self.blames.append(a.commit)
+            self.blamed_tests.extend((a.commit, t) for t in a.failed_tests)
             self.blame_round[a.commit] = self.rounds
             self.pushed_since_blame = False
             if self.fix_on_blame and self.cfg.culprit_action == "hold":
@@ -337,7 +339,9 @@ def test_invariants_on_random_histories(hist, k, cfg, restart_every, simultaneou
     # every culprit was fixed on blame or on an alert, so everything ends on master
     assert d.master == d.hist.n - 1, (d.master, d.hist.n, d.blames, d.alerts)
     assert not d.policy.view()["runs"]
-    assert len(set(d.blames)) == len(d.blames)  # each culprit blamed once
+    # each culprit blamed once per test: a second blame only for tests a later hunt found it
+    # breaks too (the first bisection was filtered to the tests failing at its top)
+    assert len(set(d.blamed_tests)) == len(d.blamed_tests), d.blamed_tests
     kinds = [(a.kind, a.commit) for a in d.alerts]
     assert len(set(kinds)) == len(kinds), kinds  # no alert repeated (once per episode)
 
@@ -356,7 +360,7 @@ def test_invariants_hold_with_load_adaptive_batching(hist, k, cfg, restart_every
     assert not d.silent_stalls, d.silent_stalls
     assert d.master == d.hist.n - 1, (d.master, d.hist.n, d.blames, d.alerts)
     assert not d.policy.view()["runs"]
-    assert len(set(d.blames)) == len(d.blames)
+    assert len(set(d.blamed_tests)) == len(d.blamed_tests), d.blamed_tests
     kinds = [(a.kind, a.commit) for a in d.alerts]
     assert len(set(kinds)) == len(kinds), kinds
 
@@ -819,6 +823,25 @@ def test_two_blamed_culprits_still_failing_at_the_same_commit_are_one_alert():
         "t0 still fail(s) at 2 commit(s) pushed after c000 was blamed, up to c004; and t1 still"
         " fail(s) at 1 commit(s) pushed after c001 was blamed, up to c004: commits c000..c004"
         " stay blocked;"
+    )
+    assert d.master == d.hist.n - 1
+
+
+def test_culprits_masked_behind_the_same_revert_are_one_alert():
+    """revert mode, c1 breaking c0's test t0 as well as its own t1: when the commit the gate's
+    reverts land on still fails both blamed groups' tests, the humans get one culprit-masked
+    alert naming both spans, not two on the same commit (found by hypothesis)."""
+    hist = History(n=4, culprits={0, 1, 2}, inconclusive={(0, 0)}, also={1: 0})
+    cfg = PolicyConfig(
+        confirmations=1, bisect_failed_tests_only=False, speculate=False, culprit_action="revert"
+    )
+    d = Driver(hist, 2, cfg)
+    d.run()
+    (alert,) = [a for a in d.alerts if a.kind == "culprit-masked"]
+    assert alert.message.startswith(
+        "culprit masked behind c000; commits c000..c004 cannot be bisected until fixed; and culprit"
+        " masked behind c001; commits c001..c004 cannot be bisected until fixed: the revert c004"
+        " still fails t0, t1;"
     )
     assert d.master == d.hist.n - 1
 
