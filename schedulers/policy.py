@@ -772,6 +772,7 @@ class GatePolicy:
         the same tests landed below the developers' fix); new tips stay tested until then."""
         s, cand = self._s, self._s["candidates"]
         due_groups: list[tuple[dict, list[int], Any]] = []
+        pending: list[tuple[dict, list[int], Any]] = []
         for g in groups:
             since = g.get("alerted")
             if g["fixed"] is not None or since is True or (g.get("masked") and since is None):
@@ -791,8 +792,13 @@ class GatePolicy:
                 due = len(failing) >= REALERT_TIPS
             if due:
                 due_groups.append((g, failing, since))
+            elif failing and since is None:
+                pending.append((g, failing, since))
         if not due_groups:
             return
+        # the other blamed culprits whose tests already fail after their blame go in the same
+        # alert: they are the same episode for the humans (one alert per commit, not one each)
+        due_groups += pending
         # one alert for every group due now (one message for the humans, naming each)
         parts = []
         for g, failing, since in due_groups:
@@ -949,6 +955,19 @@ class GatePolicy:
                 self._probe_fixes(self._update_groups(), free, busy, out)
             if later and free:
                 self._start(cand[tip], free.pop(0), "tip", None, out)
+            elif free and not s["runs"] and cand[tip] not in busy and cand[tip] not in stalled:
+                # idle, and the tip, pushed after a blame or alert (it may hold the revert or
+                # fix), failed fewer than 1 + x times: one more full run settles it, so one flake
+                # of the fix's run or probe cannot hold the fix back until more commits come
+                rs = s["results"].get(cand[tip], [])
+                fails = sum(1 for r in rs if r["outcome"] == "fail" and not r["flake"])
+                marks = [(self._index.get(m["tip"], -1), m["human"]) for m in s["marks"]]
+                told = any(-1 < mi < tip for mi, _ in marks) and not any(
+                    mi >= tip and not human
+                    for mi, human in marks  # a blame at the tip: its revert lands above
+                )
+                if told and 0 < fails <= cfg.confirmations and not any(r["outcome"] == "pass" for r in rs):
+                    self._start(cand[tip], free.pop(0), "confirm", None, out)
             return
 
         if bad is None:  # work-conserving: an idle pool tests an untested tip at once; the
