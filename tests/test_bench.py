@@ -173,6 +173,17 @@ def test_compare_pairs_the_same_seeds_and_reports_differences_with_their_ci(caps
     assert "unknown PolicyConfig field 'no_such_knob'" in capsys.readouterr().err
 
 
+def test_at_ten_percent_flakes_a_flaky_run_of_a_fix_does_not_block_staging_for_good():
+    """Seed 37 at 3/h with 10 % flakes: a developer's fix after a still-failing alert was
+    probed, the probe flaked on the very test still failing, and with no more commits coming
+    the gate sat idle with 53 commits unpromoted. Idle, it now re-runs such a tip in full."""
+    sc = Scenario(flake_rate=0.1)
+    trace = generate(600, 3, 0.05, seed=37)
+    res = simulate(trace, sc, POLICIES["qacloud"], 37, "qacloud")
+    assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
+    assert res.unpromoted == 0
+
+
 def test_trace_errors_name_file_line_and_field(tmp_path):
     p = tmp_path / "t.jsonl"
     p.write_text(
