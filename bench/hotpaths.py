@@ -113,10 +113,13 @@ def gate_decision(n_master: int = 40_000, n_staging: int = 50, repeat: int = 5) 
             else:
                 commits = tuple(raw())
             # as the scheduler after its fetch: the ref files, git only when they do not say
-            refs = gitops.read_refs(str(repo), "refs/heads/master") if candidates is not None else None
-            master = (refs or [None])[0] or subprocess.run(
-                ["git", "rev-parse", "master"], cwd=repo, capture_output=True, text=True, check=True
-            ).stdout.strip()
+            refs = gitops.read_refs(str(repo), "refs/heads/master") if gitops else None
+            if refs:
+                (master,) = refs
+            else:
+                master = subprocess.run(
+                    ["git", "rev-parse", "master"], cwd=repo, capture_output=True, text=True, check=True
+                ).stdout.strip()
             policy = GatePolicy(PolicyConfig())
             for i in range(3):
                 policy.handle(PoolAvailable(f"pool{i + 1}"))

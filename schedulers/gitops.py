@@ -8,10 +8,13 @@ never ``--force``; a rejected push is reported, never retried by rewriting.
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 from dataclasses import dataclass
 
 GIT_TIMEOUT = 300
+_SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")  # SHA-1 or SHA-256
 
 
 class GitError(Exception):
@@ -115,10 +118,6 @@ def read_refs(git_dir: str, *refs: str) -> list[str] | None:
     """The shas of ``refs`` read from the repository's files (loose refs, then packed-refs),
     without starting a git process: one fewer process per poll. None when any ref is not a
     plain sha there (symbolic, a reftable repository, missing): the caller asks git."""
-    import os
-    import re
-
-    sha = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
     packed: dict[str, str] | None = None
     out = []
     for ref in refs:
@@ -137,7 +136,7 @@ def read_refs(git_dir: str, *refs: str) -> list[str] | None:
                 except (OSError, UnicodeDecodeError):
                     pass
             value = packed.get(ref, "")
-        if not sha.fullmatch(value):
+        if not _SHA.fullmatch(value):
             return None
         out.append(value)
     return out

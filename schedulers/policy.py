@@ -501,7 +501,7 @@ class GatePolicy:
         s["inconclusive"] = {c: n for c, n in s["inconclusive"].items() if c in self._index}
         s["retries"] = [r for r in s["retries"] if r["commit"] in self._index]
         if s["blocked_to"] not in self._index:
-            s["blocked_from"], s["blocked_to"], s["blocked_tests"] = None, None, []
+            self._unblock()
         if new and (not old or new[-1] != old[-1]):
             s["stalled"] = []  # a new tip: try again
         else:
@@ -546,7 +546,7 @@ class GatePolicy:
             s["retries"] = [r for r in s["retries"] if r["commit"] in self._index]
             s["stalled"] = [c for c in s["stalled"] if c in self._index]
             if s["blocked_to"] not in self._index:
-                s["blocked_from"], s["blocked_to"], s["blocked_tests"] = None, None, []
+                self._unblock()
             for rid, r in list(s["runs"].items()):
                 if r["commit"] not in self._index and self.config.cancel_useless_runs:
                     self._cancel(rid, "commit already promoted", out)
@@ -772,7 +772,7 @@ class GatePolicy:
         the same tests landed below the developers' fix); new tips stay tested until then."""
         s, cand = self._s, self._s["candidates"]
         due_groups: list[tuple[dict, list[int], Any]] = []
-        pending: list[tuple[dict, list[int], Any]] = []
+        pending: list[tuple[dict, list[int], Any]] = []  # failing since the blame, not yet due
         for g in groups:
             since = g.get("alerted")
             if g["fixed"] is not None or since is True or (g.get("masked") and since is None):
@@ -796,10 +796,9 @@ class GatePolicy:
                 pending.append((g, failing, since))
         if not due_groups:
             return
-        # the other blamed culprits whose tests already fail after their blame go in the same
-        # alert: they are the same episode for the humans (one alert per commit, not one each)
+        # one alert naming every group due now and every other one already failing after its
+        # blame: the same episode for the humans (one alert per commit, not one per culprit)
         due_groups += pending
-        # one alert for every group due now (one message for the humans, naming each)
         parts = []
         for g, failing, since in due_groups:
             g["alerted"] = cand[-1]
@@ -826,7 +825,7 @@ class GatePolicy:
         cand = s["candidates"]
         good = self._good()
         if s["blocked_to"] is not None and self._blocked_index(good) is None:
-            s["blocked_from"], s["blocked_to"], s["blocked_tests"] = None, None, []  # a fix passed
+            self._unblock()  # a fix passed
             s["groups"] = []
         blocked = self._blocked_index(good)
         bad = self._bad(good) if blocked is None else None
@@ -972,8 +971,8 @@ class GatePolicy:
 
         if bad is None:  # work-conserving: an idle pool tests an untested tip at once; the
             # commits arriving while every pool is busy are covered together by the next one
-            # (a tip with only a filtered pass, a fix probe's say, is not shown to pass: run it)
-            if usable(tip) or (cand[tip] not in busy and cand[tip] not in stalled and tip > good):
+            # (untested, or only a filtered pass there, a fix probe's say: not shown to pass)
+            if tip > good and cand[tip] not in busy and cand[tip] not in stalled:
                 if self._batch_held(self._full_top(good), tip):
                     return  # pool-bound: the next tip run waits for a bigger batch
                 self._start(cand[tip], free.pop(0), "tip", None, out)
@@ -1148,6 +1147,10 @@ class GatePolicy:
                 covered |= set(r["tests"])
         return failed & covered
 
+    def _unblock(self) -> None:
+        """The block is over (a fix passed) or its commits left staging: forget it whole."""
+        self._s["blocked_from"], self._s["blocked_to"], self._s["blocked_tests"] = None, None, []
+
     def _block(self, culprit: str, tests: list[str]) -> None:
         s = self._s
         current = self._index.get(s["blocked_from"]) if s["blocked_from"] else None
@@ -1186,7 +1189,7 @@ class GatePolicy:
         so it cannot be isolated. Say so once; new tips are still tested (a fix unblocks)
         and nobody else is blamed for those tests."""
         cand = self._s["candidates"]
-        due: list[tuple[dict, int]] = []
+        by_revert: dict[int, list[dict]] = {}  # the commit the revert landed on -> its groups
         for g in groups:
             if g.get("masked") or g["fixed"] is not None:
                 continue
@@ -1195,12 +1198,8 @@ class GatePolicy:
                 continue
             if self._evidence(self._s["results"].get(cand[r], []), set(g["tests"])) == "fail":
                 g["masked"], g["alerted"] = True, cand[-1]
-                due.append((g, r))
-        # one alert for every group found masked now (one message for the humans, naming each)
-        by_revert: dict[int, list[dict]] = {}
-        for g, r in due:
-            by_revert.setdefault(r, []).append(g)
-        for r, gs in sorted(by_revert.items()):
+                by_revert.setdefault(r, []).append(g)
+        for r, gs in sorted(by_revert.items()):  # one alert per commit, naming each group
             parts = [
                 f"culprit masked behind {g['culprit'][:12]}; commits {g['culprit'][:12]}..{cand[r][:12]}"
                 " cannot be bisected until fixed"
