@@ -603,16 +603,23 @@ class GatePolicy:
                 "flake": False,
             }
         )
-        if ev.outcome == "pass":
-            covered = None if run["tests"] is None else set(run["tests"])
-            for r in rs:
-                explained = covered is None or (r["failed_tests"] and set(r["failed_tests"]) <= covered)
-                if r["outcome"] == "fail" and not r["flake"] and explained:
+        # an earlier failure is a flake once a run covering its tests does not fail them: a
+        # culprit fails its tests in every run of them (a pass, or a failure of other tests)
+        covered = None if run["tests"] is None else set(run["tests"])
+        now_failed = set(ev.failed_tests)
+        if ev.outcome == "pass" or now_failed:
+            for r in rs[:-1]:
+                names = set(r["failed_tests"])
+                explained = covered is None or (names and names <= covered)
+                if ev.outcome == "fail" and not names:
+                    explained = False  # unknown failing tests: only a pass of the whole suite says
+                if r["outcome"] == "fail" and not r["flake"] and explained and not names & now_failed:
                     r["flake"] = True
                     s["stats"]["flakes"] += 1
                     tests = tuple(r["failed_tests"])
                     out.append(RecordFlake(sha, tests, r["run_id"]))
                     self._push(s["flakes"], {"commit": sha, "tests": list(tests), "run_id": r["run_id"]})
+        if ev.outcome == "pass":
             return
         # a failure behind a blamed culprit: the tree still contains it; extend the block
         good = self._good()
@@ -839,9 +846,8 @@ class GatePolicy:
         # 2. blame a confirmed suspect
         if bad is not None and bad == parent + 1:
             sha = cand[bad]
-            fails = [r for r in s["results"][sha] if r["outcome"] == "fail"]
-            if len(fails) >= 1 + cfg.confirmations:
-                failed = {t for r in fails for t in r["failed_tests"]}
+            failed, fails = self._confirmed(sha)
+            if fails:
                 tests = sorted(self._explained(parent, failed))
                 if failed and not tests and parent < 0:  # ask master itself (parent runs)
                     if self._check_master(failed, sha, out):
@@ -989,11 +995,13 @@ class GatePolicy:
         def unknown(i: int) -> bool:  # nothing known about ``tests`` at i (a pass of others is no answer)
             c = cand[i]
             rs = s["results"].get(c, [])
-            return (
-                c not in busy
-                and c not in stalled
-                and (not rs or (tests is not None and self._evidence(rs, set(tests)) is None))
-            )
+            if c in busy or c in stalled:
+                return False
+            if (
+                tests is None
+            ):  # the whole suite: only a full run answers (a fix probe's filtered pass does not)
+                return not any(r["tests"] is None for r in rs)
+            return not rs or self._evidence(rs, set(tests)) is None
 
         self._probe(parent, bad, free, "bisect", tests, unknown, out)
         if cfg.overlap_confirmation and free:  # spare pools: confirm the failing top meanwhile
@@ -1002,12 +1010,44 @@ class GatePolicy:
     def _confirm(self, sha: str, tests, free: list[str], stalled: set[str], out: list[Action]) -> None:
         """Start the confirmation runs ``sha`` still lacks (failures known + running < 1 + x)."""
         s = self._s
-        fails = sum(1 for r in s["results"][sha] if r["outcome"] == "fail")
+        fails = self._fail_count(sha, set(tests) if tests is not None else None)
         running = sum(1 for r in s["runs"].values() if r["commit"] == sha)
         for _ in range(max(0, 1 + self.config.confirmations - fails - running)):
             if not free or sha in stalled:
                 break
             self._start(sha, free.pop(0), "confirm", tests, out)
+
+    def _fail_count(self, sha: str, within: set[str] | None = None) -> int:
+        """How often the most often failing test (of ``within``, if given) failed at ``sha``,
+        flakes not counted; a failure naming no tests counts for every test."""
+        fails = [r for r in self._s["results"].get(sha, []) if r["outcome"] == "fail" and not r["flake"]]
+        names = {t for r in fails for t in r["failed_tests"]}
+        if within is not None:
+            names &= within
+        if not names:
+            return sum(1 for r in fails if not r["failed_tests"] or within is None)
+        return max(sum(1 for r in fails if not r["failed_tests"] or t in r["failed_tests"]) for t in names)
+
+    def _confirmed(self, sha: str, within: set[str] | None = None) -> tuple[set[str], list[dict]]:
+        """The tests (of ``within``) failing at ``sha`` in 1 + x runs, flakes not counted, and
+        those runs; ``(set(), [])`` while no test is confirmed. A test failing once in each of
+        two runs is not confirmed: two flakes of different tests are no culprit."""
+        need = 1 + self.config.confirmations
+        fails = [r for r in self._s["results"].get(sha, []) if r["outcome"] == "fail" and not r["flake"]]
+        names = {t for r in fails for t in r["failed_tests"]}
+        if within is not None:
+            names &= within
+        tests = {
+            t
+            for t in names
+            if sum(1 for r in fails if not r["failed_tests"] or t in r["failed_tests"]) >= need
+        }
+        if not tests:
+            unknown = [r for r in fails if not r["failed_tests"]]
+            if within is None and not names and len(unknown) >= need:
+                return set(), unknown  # failing tests unknown: confirmed on the runs alone
+            return set(), []
+        return tests, [r for r in fails if not r["failed_tests"] or set(r["failed_tests"]) & tests]
 
     def _detect(
         self, good: int, free: list[str], busy: set[str], stalled: set[str], out: list[Action]
@@ -1237,7 +1277,9 @@ class GatePolicy:
             start = max(self._index.get(g["tip"], -1), self._index[g["culprit"]])
             still = any(
                 self._index.get(sha, -1) > start
-                and any(r["outcome"] == "fail" and set(r["failed_tests"]) & tests for r in rs)
+                and any(
+                    r["outcome"] == "fail" and not r["flake"] and set(r["failed_tests"]) & tests for r in rs
+                )
                 for sha, rs in s["results"].items()
             )
             if not still:
@@ -1321,12 +1363,10 @@ class GatePolicy:
                 )
                 self._block(sha, tests)
                 return True, hunted
-            fails = [
-                r for r in s["results"][sha] if r["outcome"] == "fail" and set(r["failed_tests"]) & hunted
-            ]
-            if len(fails) >= 1 + cfg.confirmations:
+            confirmed, fails = self._confirmed(sha, hunted)
+            if fails:
                 runs = [r["run_id"] for r in fails]
-                tests = sorted({t for r in fails for t in r["failed_tests"]} & hunted)
+                tests = sorted(confirmed)
                 author = s["authors"].get(sha, "")
                 out.append(Blame(sha, author, tuple(tests), tuple(runs)))
                 s["stats"]["blamed"] = s["stats"].get("blamed", 0) + 1
@@ -1337,11 +1377,7 @@ class GatePolicy:
                     out.append(Revert(sha))
                 self._block(sha, tests)
                 return True, hunted
-            running = sum(1 for r in s["runs"].values() if r["commit"] == sha)
-            for _ in range(max(0, 1 + cfg.confirmations - len(fails) - running)):
-                if not free or sha in stalled:
-                    break
-                self._start(sha, free.pop(0), "confirm", tests, out)
+            self._confirm(sha, tests, free, stalled, out)
             return False, hunted
 
         def usable(i: int) -> bool:

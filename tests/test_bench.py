@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict
@@ -180,6 +181,30 @@ def test_at_ten_percent_flakes_a_flaky_run_of_a_fix_does_not_block_staging_for_g
     sc = Scenario(flake_rate=0.1)
     trace = generate(600, 3, 0.05, seed=37)
     res = simulate(trace, sc, POLICIES["qacloud"], 37, "qacloud")
+    assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
+    assert res.unpromoted == 0
+
+
+def test_a_revert_is_not_blamed_on_two_flakes_of_different_tests():
+    """Seed 179 at 1/h: the gate's revert flaked once on test_11 (a later run passed it)
+    and once on test_24; the two failing runs counted as a confirmation and the revert was
+    blamed for both tests, leaving the last commits unpromoted. Now each test needs its own
+    1 + x failures."""
+    trace = generate(1000, 1.0, 0.05, seed=179)
+    res = simulate(trace, SC, POLICIES["qacloud"], 179, "qacloud")
+    assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
+    assert (res.unpromoted, res.reverts_blamed, res.false_rejections) == (0, 0, 0)
+
+
+def test_bisecting_on_the_whole_suite_a_filtered_pass_below_the_failure_is_probed_again():
+    """``bisect_failed_tests_only: false``, seed 3 at 1/h: a hunt behind an earlier block
+    (always filtered) left a one-test pass at the commit just above master; then the next
+    commit failed a full run. The whole-suite hunt took that filtered pass for an answer,
+    probed nothing, and 263 commits stayed unpromoted. Only a full run answers it now."""
+    trace = generate(1000, 1.0, 0.05, seed=3)
+    policy = POLICIES["qacloud"](SC, trace)
+    policy.config = dataclasses.replace(policy.config, bisect_failed_tests_only=False)
+    res = Simulator(trace, SC, policy, 3, "qacloud").run()
     assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
     assert res.unpromoted == 0
 

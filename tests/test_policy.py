@@ -332,6 +332,11 @@ configs = st.builds(
     bisect_failed_tests_only=st.booleans(),
     speculate=st.booleans(),
     culprit_action=st.sampled_from(["hold", "revert"]),
+    cancel_useless_runs=st.booleans(),
+    finish_tip_runs=st.booleans(),
+    hold_hopeless_tips=st.booleans(),
+    overlap_confirmation=st.booleans(),
+    detect_behind_block=st.booleans(),
 )
 
 
@@ -557,6 +562,39 @@ def test_a_tip_run_above_a_new_failure_finishes_and_promotes_past_a_flake(finish
     assert Promote("f") in acts
     assert {a.run_id for a in acts if isinstance(a, CancelRun)} == {a.run_id for a in probes}
     assert not [a for a in acts if isinstance(a, Blame)]
+
+
+@pytest.mark.parametrize("filtered", [True, False])
+def test_two_flakes_of_different_tests_at_the_suspect_are_no_confirmation(filtered):
+    """b's tip run fails test_a; its parent a passes in full; the confirmation of b fails
+    test_b instead (whole-suite bisection) or passes test_a (filtered). Either way the run
+    covered test_a without failing it, so test_a's failure was a flake, and neither test has
+    failed twice: no blame (it counted two failing runs and blamed b for both tests). Whole
+    suite: one more run decides, its pass promotes b; filtered: b's full run failed only
+    test_a, which now passed, so b is promoted at once."""
+    p = GatePolicy(PolicyConfig(speculate=False, bisect_failed_tests_only=filtered))
+    p.handle(StagingUpdated("m", ("a", "b")))
+    (tip,) = [a for n in ("p1",) for a in p.handle(PoolAvailable(n)) if isinstance(a, StartRun)]
+    assert (tip.commit, tip.kind) == ("b", "tip")
+    (probe,) = [a for a in p.handle(RunFinished(tip.run_id, "fail", ("test_a",))) if isinstance(a, StartRun)]
+    assert (probe.commit, probe.kind) == ("a", "bisect")
+    acts = p.handle(RunFinished(probe.run_id, "pass"))
+    (confirm,) = [a for a in acts if isinstance(a, StartRun)]
+    assert Promote("a") in acts and (confirm.commit, confirm.kind) == ("b", "confirm")
+    assert confirm.tests == (("test_a",) if filtered else None)
+    p.handle(Promoted("a"))
+    acts = p.handle(
+        RunFinished(confirm.run_id, "pass" if filtered else "fail", () if filtered else ("test_b",))
+    )
+    assert not [a for a in acts if isinstance(a, Blame)]
+    assert [(a.commit, a.tests) for a in acts if isinstance(a, RecordFlake)] == [("b", ("test_a",))]
+    if filtered:  # b's full run failed test_a only, which now passed: everything passed
+        assert Promote("b") in acts
+        return
+    (again,) = [a for a in acts if isinstance(a, StartRun)]
+    assert (again.commit, again.kind) == ("b", "confirm")
+    acts = p.handle(RunFinished(again.run_id, "pass"))
+    assert Promote("b") in acts and not [a for a in acts if isinstance(a, Blame)]
 
 
 def test_config_from_settings_follows_observed_flake_rate():
