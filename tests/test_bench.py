@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -489,7 +490,12 @@ def test_breakdown_accounts_for_every_pool_hour_and_every_blamed_culprit():
     assert off["pool_hours_per_commit"] != b["pool_hours_per_commit"]
     # a float option (load-adaptive batching, on by default) is parsed as a number; at 3/h the
     # default batches, so turning it off costs runs
-    assert bd._option("batch_load=0.0") == ("batch_load", 0.0)
+    assert bd.policy_option("batch_load=0") == ("batch_load", 0.0)
+    assert bd.policy_option("confirmations=2") == ("confirmations", 2)
+    assert bd.policy_option("finish_tip_runs=False") == ("finish_tip_runs", False)
+    for bad in ("confirmations=1.5", "speculate=yes", "batch_load=high", "nofield", "no_such_field=1"):
+        with pytest.raises(argparse.ArgumentTypeError, match=bad.partition("=")[0]):
+            bd.policy_option(bad)
     unbatched = bd.breakdown(3.0, seeds=1, commits=300, options={"batch_load": 0.0})
     assert b["runs_total_per_commit"] < unbatched["runs_total_per_commit"]
     with pytest.raises(SystemExit):

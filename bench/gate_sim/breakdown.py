@@ -126,19 +126,25 @@ def to_markdown(b: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _option(text: str) -> tuple[str, Any]:
-    key, _, value = text.partition("=")
-    fields = {f.name: f.type for f in dataclasses.fields(policies_config())}
-    if key not in fields:
-        raise argparse.ArgumentTypeError(f"unknown PolicyConfig field {key!r}; known: {', '.join(fields)}")
-    low = value.lower()
-    if low in ("true", "false"):
-        return key, low == "true"
-    for kind in (int, float):
+def policy_option(text: str) -> tuple[str, Any]:
+    """``FIELD=VALUE`` for a ``PolicyConfig`` field, VALUE parsed as the field's declared
+    type (bool: true/false; int; float; str); an unknown field or a bad value is an
+    ``argparse`` error naming it (``--option``, ``compare --a/--b``)."""
+    key, sep, value = text.partition("=")
+    fields = {f.name: str(f.type) for f in dataclasses.fields(policies_config())}
+    if not sep or key not in fields:
+        what = f"unknown PolicyConfig field {key!r}" if sep else f"{text!r} is not FIELD=VALUE"
+        raise argparse.ArgumentTypeError(f"{what}; known: {', '.join(fields)}")
+    kind = fields[key]
+    if kind == "bool":
+        if value.lower() not in ("true", "false"):
+            raise argparse.ArgumentTypeError(f"{key}: want true or false, got {value!r}")
+        return key, value.lower() == "true"
+    if kind in ("int", "float"):
         try:
-            return key, kind(value)
+            return key, int(value) if kind == "int" else float(value)
         except ValueError:
-            pass
+            raise argparse.ArgumentTypeError(f"{key}: want {kind}, got {value!r}") from None
     return key, value
 
 
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=3.5)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--commits", type=int, default=1000)
-    ap.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--option", type=policy_option, action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
     print(to_markdown(breakdown(args.rate, args.seeds, args.commits, dict(args.option))))
     return 0

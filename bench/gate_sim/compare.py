@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from bench.gate_sim import policies
-from bench.gate_sim.breakdown import _option
+from bench.gate_sim.breakdown import policy_option
 from bench.gate_sim.metrics import per_seed
 from bench.gate_sim.sim import Scenario, Simulator
 from bench.gate_sim.trace import generate
@@ -128,8 +128,8 @@ def to_markdown(c: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gate_sim.compare", description=__doc__)
-    ap.add_argument("--a", type=_option, action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--b", type=_option, action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--a", type=policy_option, action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--b", type=policy_option, action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--rates", default="3.5,4,4.5", help="comma-separated commits per hour")
     ap.add_argument("--seeds", type=int, default=160)
     ap.add_argument("--commits", type=int, default=1000)
