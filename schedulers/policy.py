@@ -997,9 +997,7 @@ class GatePolicy:
             rs = s["results"].get(c, [])
             if c in busy or c in stalled:
                 return False
-            if (
-                tests is None
-            ):  # the whole suite: only a full run answers (a fix probe's filtered pass does not)
+            if tests is None:  # the whole suite: only a full run answers, not a hunt's filtered pass
                 return not any(r["tests"] is None for r in rs)
             return not rs or self._evidence(rs, set(tests)) is None
 
@@ -1008,7 +1006,8 @@ class GatePolicy:
             self._confirm(cand[bad], tests, free, stalled, out)
 
     def _confirm(self, sha: str, tests, free: list[str], stalled: set[str], out: list[Action]) -> None:
-        """Start the confirmation runs ``sha`` still lacks (failures known + running < 1 + x)."""
+        """Start the confirmation runs ``sha`` still lacks: its most often failing test (of
+        ``tests``) failed, or runs now, fewer than 1 + x times."""
         s = self._s
         fails = self._fail_count(sha, set(tests) if tests is not None else None)
         running = sum(1 for r in s["runs"].values() if r["commit"] == sha)
@@ -1017,37 +1016,34 @@ class GatePolicy:
                 break
             self._start(sha, free.pop(0), "confirm", tests, out)
 
-    def _fail_count(self, sha: str, within: set[str] | None = None) -> int:
-        """How often the most often failing test (of ``within``, if given) failed at ``sha``,
-        flakes not counted; a failure naming no tests counts for every test."""
+    def _test_failures(self, sha: str, within: set[str] | None) -> tuple[dict[str, int], list[dict]]:
+        """Per failing test (of ``within``, if given): in how many runs at ``sha`` it failed,
+        flakes not counted (a failure naming no tests counts for every test); and those runs."""
         fails = [r for r in self._s["results"].get(sha, []) if r["outcome"] == "fail" and not r["flake"]]
         names = {t for r in fails for t in r["failed_tests"]}
         if within is not None:
             names &= within
-        if not names:
-            return sum(1 for r in fails if not r["failed_tests"] or within is None)
-        return max(sum(1 for r in fails if not r["failed_tests"] or t in r["failed_tests"]) for t in names)
+        counts = {t: sum(1 for r in fails if not r["failed_tests"] or t in r["failed_tests"]) for t in names}
+        return counts, fails
+
+    def _fail_count(self, sha: str, within: set[str] | None = None) -> int:
+        """Failures of the most often failing test at ``sha`` (runs naming no tests, if none)."""
+        counts, fails = self._test_failures(sha, within)
+        return max(counts.values()) if counts else sum(1 for r in fails if not r["failed_tests"])
 
     def _confirmed(self, sha: str, within: set[str] | None = None) -> tuple[set[str], list[dict]]:
-        """The tests (of ``within``) failing at ``sha`` in 1 + x runs, flakes not counted, and
-        those runs; ``(set(), [])`` while no test is confirmed. A test failing once in each of
-        two runs is not confirmed: two flakes of different tests are no culprit."""
+        """The tests (of ``within``) that failed at ``sha`` in 1 + x runs, flakes not counted,
+        and those runs; ``(set(), [])`` while none has. Two runs failing different tests once
+        each are two flakes, not a confirmation."""
         need = 1 + self.config.confirmations
-        fails = [r for r in self._s["results"].get(sha, []) if r["outcome"] == "fail" and not r["flake"]]
-        names = {t for r in fails for t in r["failed_tests"]}
-        if within is not None:
-            names &= within
-        tests = {
-            t
-            for t in names
-            if sum(1 for r in fails if not r["failed_tests"] or t in r["failed_tests"]) >= need
-        }
-        if not tests:
-            unknown = [r for r in fails if not r["failed_tests"]]
-            if within is None and not names and len(unknown) >= need:
-                return set(), unknown  # failing tests unknown: confirmed on the runs alone
-            return set(), []
-        return tests, [r for r in fails if not r["failed_tests"] or set(r["failed_tests"]) & tests]
+        counts, fails = self._test_failures(sha, within)
+        tests = {t for t, n in counts.items() if n >= need}
+        if tests:
+            return tests, [r for r in fails if not r["failed_tests"] or set(r["failed_tests"]) & tests]
+        unknown = [r for r in fails if not r["failed_tests"]]
+        if within is None and not counts and len(unknown) >= need:
+            return set(), unknown  # the failing tests are unknown: confirmed on the runs alone
+        return set(), []
 
     def _detect(
         self, good: int, free: list[str], busy: set[str], stalled: set[str], out: list[Action]
