@@ -619,6 +619,14 @@ class GatePolicy:
                     tests = tuple(r["failed_tests"])
                     out.append(RecordFlake(sha, tests, r["run_id"]))
                     self._push(s["flakes"], {"commit": sha, "tests": list(tests), "run_id": r["run_id"]})
+        if now_failed and self._evidence(rs[:-1], now_failed) == "pass":
+            # ... and a failure of tests an earlier run here did not fail is a flake at once
+            r = rs[-1]
+            r["flake"] = True
+            s["stats"]["flakes"] += 1
+            out.append(RecordFlake(sha, tuple(r["failed_tests"]), r["run_id"]))
+            self._push(s["flakes"], {"commit": sha, "tests": list(r["failed_tests"]), "run_id": r["run_id"]})
+            return
         if ev.outcome == "pass":
             return
         # a failure behind a blamed culprit: the tree still contains it; extend the block
@@ -885,8 +893,9 @@ class GatePolicy:
                     self._block(sha, tests)
                     blocked, bad = len(cand) - 1, None
 
+        unconfirmed: list[tuple[str, list[str]]] = []  # reverts failing the tests once: re-run first
         if blocked is not None and cfg.culprit_action == "revert":
-            self._alert_masked(self._update_groups(), out)
+            unconfirmed = self._alert_masked(self._update_groups(), out)
 
         # 3. cancel runs whose result can no longer change a decision
         if cfg.cancel_useless_runs:
@@ -938,6 +947,11 @@ class GatePolicy:
 
         tip = len(cand) - 1
         if blocked is not None:  # behind a culprit: only a new tip can pass
+            for sha, tests in unconfirmed:  # does the revert really still fail? (alert or not)
+                self._confirm(sha, tests, free, stalled, out)
+                busy.add(sha)
+            if not free:
+                return
             rs = s["results"].get(cand[tip], [])
             tip_known = any(
                 (r["outcome"] == "pass" and r["tests"] is None) or (r["outcome"] == "fail" and not r["flake"])
@@ -1218,14 +1232,17 @@ class GatePolicy:
                 g["fixed"] = s["candidates"][best]
         return s["groups"]
 
-    def _alert_masked(self, groups: list[dict], out: list[Action]) -> None:
+    def _alert_masked(self, groups: list[dict], out: list[Action]) -> list[tuple[str, list[str]]]:
         """culprit_action=revert: the gate's revert of a blamed culprit lands right above the
         staging tip at blame time. When that commit still fails the culprit's tests, another
         culprit breaking the same tests hides in the span: every tree there contains both,
-        so it cannot be isolated. Say so once; new tips are still tested (a fix unblocks)
-        and nobody else is blamed for those tests."""
+        so it cannot be isolated. Say so once, when the revert failed them 1 + x times (a
+        flake of the culprit's test on the revert is not news for humans); new tips are still
+        tested (a fix unblocks) and nobody else is blamed for those tests. Returns the
+        reverts that failed them fewer times, with the tests to confirm them on."""
         cand = self._s["candidates"]
         by_revert: dict[int, list[dict]] = {}  # the commit the revert landed on -> its groups
+        unconfirmed: list[tuple[str, list[str]]] = []
         for g in groups:
             if g.get("masked") or g["fixed"] is not None:
                 continue
@@ -1233,8 +1250,15 @@ class GatePolicy:
             if r <= self._index[g["culprit"]] or r >= len(cand):
                 continue
             if self._evidence(self._s["results"].get(cand[r], []), set(g["tests"])) == "fail":
-                g["masked"], g["alerted"] = True, cand[-1]
                 by_revert.setdefault(r, []).append(g)
+        for r, gs in list(by_revert.items()):  # confirmed on any group's tests: alert them all
+            tests = sorted({t for g in gs for t in g["tests"]})
+            if not self._confirmed(cand[r], set(tests))[0]:
+                unconfirmed.append((cand[r], tests))
+                del by_revert[r]
+                continue
+            for g in gs:
+                g["masked"], g["alerted"] = True, cand[-1]
         for r, gs in sorted(by_revert.items()):  # one alert per commit, naming each group
             parts = [
                 f"culprit masked behind {g['culprit'][:12]}; commits {g['culprit'][:12]}..{cand[r][:12]}"
@@ -1249,6 +1273,7 @@ class GatePolicy:
                 f" {', '.join(tests[:5])}; testing new tips, a fix on staging unblocks them",
                 cand[r],
             )
+        return unconfirmed
 
     def _explained_at(self, i: int, groups: list[dict]) -> set[str]:
         """Tests a commit's tree fails because of blamed culprits not yet fixed below it."""

@@ -186,13 +186,18 @@ def test_at_ten_percent_flakes_a_flaky_run_of_a_fix_does_not_block_staging_for_g
     assert res.unpromoted == 0
 
 
-def test_a_revert_is_not_blamed_on_two_flakes_of_different_tests():
+@pytest.mark.parametrize("confirmations", [1, 2])
+def test_a_revert_is_not_blamed_on_two_flakes_of_different_tests(confirmations):
     """Seed 179 at 1/h: the gate's revert flaked once on test_11 (a later run passed it)
     and once on test_24; the two failing runs counted as a confirmation and the revert was
     blamed for both tests, leaving the last commits unpromoted. Now each test needs its own
-    1 + x failures."""
+    1 + x failures. With 2 confirmations the revert failed test_11, passed it, then failed
+    it again: that last failure came after a pass of the same test, so it is a flake at
+    once (it left the revert "failing" with nothing to run, 2 commits unpromoted)."""
     trace = generate(1000, 1.0, 0.05, seed=179)
-    res = simulate(trace, SC, POLICIES["qacloud"], 179, "qacloud")
+    policy = POLICIES["qacloud"](SC, trace)
+    policy.config = dataclasses.replace(policy.config, confirmations=confirmations)
+    res = Simulator(trace, SC, policy, 179, "qacloud").run()
     assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
     assert (res.unpromoted, res.reverts_blamed, res.false_rejections) == (0, 0, 0)
 
