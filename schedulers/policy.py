@@ -1011,8 +1011,9 @@ class GatePolicy:
             rs = s["results"].get(c, [])
             if c in busy or c in stalled:
                 return False
-            if tests is None:  # the whole suite: only a full run answers, not a hunt's filtered pass
-                return not any(r["tests"] is None for r in rs)
+            if tests is None:  # the whole suite: only a full pass answers (a hunt's filtered pass,
+                # or full runs that each flaked on some test, do not)
+                return not any(r["tests"] is None and r["outcome"] == "pass" for r in rs)
             return not rs or self._evidence(rs, set(tests)) is None
 
         self._probe(parent, bad, free, "bisect", tests, unknown, out)
