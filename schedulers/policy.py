@@ -1156,6 +1156,8 @@ class GatePolicy:
         if not passes or any(r["tests"] is None for r in passes):
             return None
         i = self._index.get(sha, -1)
+        direct = {t for r in passes for t in r["tests"]}
+        below = self._failing_below(i)  # seen failing below and not since: only a run here says
         decided: dict[str, bool] = {}
         for _, runs in sorted(
             ((j, runs) for c, runs in s["results"].items() if (j := self._index.get(c, -1)) >= i),
@@ -1180,10 +1182,48 @@ class GatePolicy:
             if full is None and unknown:
                 break
             if full is not None:
-                if all(passed for passed in decided.values()) and all(decided.get(t, False) for t in full):
+                if (
+                    all(passed for passed in decided.values())
+                    and all(decided.get(t, False) for t in full)
+                    and below is not None
+                    and below <= direct
+                ):
                     return None
                 break
-        return sorted(t for t, passed in decided.items() if passed)
+        return sorted(
+            t for t, passed in decided.items() if passed and (t in direct or not below or t not in below)
+        )
+
+    def _failing_below(self, i: int) -> set[str] | None:
+        """Tests the highest run below candidate ``i`` covering them failed (flakes aside):
+        passing above ``i`` does not show them passing at ``i`` (the fix may lie above it).
+        None when a full run below failed without naming its tests (any may fail)."""
+        s = self._s
+        seen: set[str] = set()
+        failing: set[str] = set()
+        for _, runs in sorted(
+            ((j, runs) for c, runs in s["results"].items() if 0 <= (j := self._index.get(c, -1)) < i),
+            key=lambda jr: -jr[0],
+        ):
+            covered: dict[str, bool] = {}  # test -> passed in some run here
+            full: set[str] | None = None  # a full run here: the tests it failed
+            for r in runs:
+                ok = r["outcome"] == "pass" or r["flake"]
+                failed = set() if ok else set(r["failed_tests"])
+                if r["tests"] is None:
+                    if not ok and not failed:
+                        return None
+                    full = failed if full is None else full & failed
+                else:
+                    for t in r["tests"]:
+                        covered[t] = covered.get(t, False) or t not in failed
+            for t, passed in covered.items():
+                if t not in seen and not passed and (full is None or t in full):
+                    failing.add(t)
+                seen.add(t)
+            if full is not None:
+                return failing | (full - seen)
+        return failing
 
     def _explained(self, parent: int, failed: set[str]) -> set[str]:
         """The failed tests the parent was shown to pass (all of them after a full pass)."""

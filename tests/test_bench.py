@@ -149,6 +149,23 @@ def test_the_gate_never_promotes_on_a_filtered_pass_over_an_unseen_culprit(seed)
     assert res.unpromoted == 0 and res.false_rejections == 0
 
 
+def test_a_filtered_pass_is_not_promoted_over_a_failure_seen_just_below_it():
+    """Seed 1 at 3/h, culprit rate 0.15, reverts 4 h after a blame, x = 2. c00197 breaks
+    test_04 like the blamed c00190 (masked); the gate saw test_04 fail at c00204 and c00205
+    and alerted. A filtered pass (test_32) at the revert just above, revert-c00178@c00206,
+    was promoted because the first full run above it (at the developers' fix of c00197)
+    failed only test_32: the premise "a test passing above passed here" ignored that
+    test_04 was seen failing right below, with its fix somewhere above. Master was broken
+    three times. A test seen failing below now needs a run at the commit itself."""
+    sc = Scenario(revert_delay_hours=4.0)
+    trace = generate(400, 3.0, 0.15, seed=1)
+    policy = POLICIES["qacloud"](sc, trace)
+    policy.config = dataclasses.replace(policy.config, confirmations=2)
+    res = Simulator(trace, sc, policy, 1, "qacloud").run()
+    assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
+    assert res.unpromoted == 0
+
+
 def test_compare_pairs_the_same_seeds_and_reports_differences_with_their_ci(capsys):
     """``bench.gate_sim.compare`` (how docs/performance.md measures a lever): identical
     configurations differ by exactly 0 (same traces, same luck); a real lever shows up in
