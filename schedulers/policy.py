@@ -774,7 +774,11 @@ class GatePolicy:
         self._plan_runs(out)
         s = self._s
         if s["blocked_to"] is not None and self._blocked_index(self._good()) is not None:
+            last = s["marks"][-1] if s["marks"] else None
             self._alert_still_failing(self._update_groups(), not s["runs"], out)
+            marked = bool(s["marks"]) and s["marks"][-1] is not last
+            if marked and any(p["state"] == "idle" for p in s["pools"].values()):
+                self._plan_runs(out)  # the alert makes the tip worth a run (a fix may be on it)
 
     def _alert_still_failing(self, groups: list[dict], idle: bool, out: list[Action]) -> None:
         """Never stall silently behind a block. A blamed culprit whose tests still fail at a

@@ -166,6 +166,21 @@ def test_a_filtered_pass_is_not_promoted_over_a_failure_seen_just_below_it():
     assert res.unpromoted == 0
 
 
+def test_the_alert_that_makes_the_tip_worth_a_run_gets_it_a_pool_at_once():
+    """Seed 4 at 1/h, reverts 4 h after a blame, whole-suite bisection: the revert of the
+    last culprit landed; two commits pushed after the blame failed its test, so the gate
+    alerted (still-failing) with the revert already the tip. The alert is what makes that
+    tip worth a run, but the pools had been planned before it and no event came after the
+    last commit: 3 commits stayed unpromoted. Planning runs again after such an alert."""
+    sc = Scenario(revert_delay_hours=4.0)
+    trace = generate(400, 1.0, 0.05, seed=4)
+    policy = POLICIES["qacloud"](sc, trace)
+    policy.config = dataclasses.replace(policy.config, bisect_failed_tests_only=False)
+    res = Simulator(trace, sc, policy, 4, "qacloud").run()
+    assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
+    assert res.unpromoted == 0
+
+
 def test_compare_pairs_the_same_seeds_and_reports_differences_with_their_ci(capsys):
     """``bench.gate_sim.compare`` (how docs/performance.md measures a lever): identical
     configurations differ by exactly 0 (same traces, same luck); a real lever shows up in
