@@ -181,6 +181,39 @@ def test_the_alert_that_makes_the_tip_worth_a_run_gets_it_a_pool_at_once():
     assert res.unpromoted == 0
 
 
+def test_stress_every_configuration_switch_keeps_master_green_and_the_queue_moving(capsys, monkeypatch):
+    """``bench.gate_sim.stress`` (a small slice: every ``PolicyConfig`` switch x three hard
+    scenarios, 2 seeds x 300 commits at 3/h): no breakage, illegal promotion, violation or
+    stall anywhere; rounds 9 and 10 found four bugs this way (docs/performance.md)."""
+    from bench.gate_sim import stress
+
+    scenarios = [stress.SCENARIOS[i] for i in (1, 3, 6)]  # flaky 10 %; flaky+culprits+infra; late reverts
+    cells = stress.stress(seeds=2, commits=300, rates=(3.0,), scenarios=scenarios, jobs=1)
+    assert len(cells) == len(stress.CONFIGS) * 3
+    assert [c for c in cells if c["problems"]] == []
+    assert sum(c["innocent"] for c in cells) > 10_000  # the traces really ran
+    argv = ["--seeds", "1", "--commits", "30", "--rates", "1", "--jobs", "1"]
+    assert stress.main(argv) == 0
+    out = capsys.readouterr().out
+    assert (
+        "12 configurations x 11 scenarios x rates 1 x 1 seeds x 30 commits: 132 cells, 0 with problems" in out
+    )
+    # an unsafe cell (here a faked breakage in the whole-suite configuration) is named, exit 1
+    real = stress.run_cell
+
+    def broken(job):
+        row = real(job)
+        if stress.CONFIGS[job[0]] == {"bisect_failed_tests_only": False}:
+            row = {**row, "breakage": 1, "first": "t=1.00 h: master broken by c00001"}
+        return row
+
+    monkeypatch.setattr(stress, "run_cell", broken)
+    assert stress.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "11 with problems (unsafe 11)" in out
+    assert "- {'bisect_failed_tests_only': False} | default | 1/h: unsafe; breakage 1" in out
+
+
 def test_compare_pairs_the_same_seeds_and_reports_differences_with_their_ci(capsys):
     """``bench.gate_sim.compare`` (how docs/performance.md measures a lever): identical
     configurations differ by exactly 0 (same traces, same luck); a real lever shows up in
