@@ -385,8 +385,9 @@ class GatePolicy:
         below it is unrepaired: no commit above j passed j's failing tests, and no blame or
         alert was made while j was on staging (only those make someone push a revert or fix).
         A human's fix takes a while, so after an alert new tips stay worth testing until
-        ``REALERT_TIPS`` of them failed. A hopeless run can only fail: its pool is better
-        spent on the hunt for the culprit."""
+        ``REALERT_TIPS`` of them failed in full runs (a hunt's filtered probe above the alert
+        is no tip: counting it held the developers' fix before any re-alert was due). A
+        hopeless run can only fail: its pool is better spent on the hunt for the culprit."""
         s, cand = self._s, self._s["candidates"]
         failing = sorted(
             i
@@ -396,11 +397,20 @@ class GatePolicy:
         if not failing:
             return True
         j = failing[-1]
+        # tips that failed (full runs; a hunt's filtered probe is no tip) count towards a re-alert
+        tips_failed = [
+            i
+            for i in failing
+            if any(
+                r["tests"] is None and r["outcome"] == "fail" and not r["flake"]
+                for r in s["results"][cand[i]]
+            )
+        ]
         for m in s["marks"]:
             mi = self._index.get(m["tip"], -1)
             if j <= mi < tip or (m["human"] and j <= mi == tip):
                 return True  # (what a blame's revert fixes lies above the tip at the blame)
-            if m["human"] and mi >= 0 and sum(1 for i in failing if i > mi) < REALERT_TIPS:
+            if m["human"] and mi >= 0 and sum(1 for i in tips_failed if i > mi) < REALERT_TIPS:
                 return True
         failed = {
             t

@@ -214,6 +214,21 @@ def test_stress_every_configuration_switch_keeps_master_green_and_the_queue_movi
     assert "- {'bisect_failed_tests_only': False} | default | 1/h: unsafe; breakage 1" in out
 
 
+def test_after_an_alert_a_hunts_filtered_probe_does_not_count_as_a_failed_tip():
+    """Seed 6 at 4/h, 5 % flakes, developers' fixes 12 h after an alert, no detection runs
+    behind a block: after an alert new tips stay worth a run until ``REALERT_TIPS`` of them
+    failed. A hunt's one-test probe above the alert counted as one, so the developers' fix
+    was held while the re-alert (counting only commits failing the alerted tests) was not
+    yet due: 166 commits waited at the end of the trace. Only full runs count now."""
+    sc = Scenario(fix_delay_hours=12.0, flake_rate=0.05)
+    trace = generate(500, 4.0, 0.05, seed=6)
+    policy = POLICIES["qacloud"](sc, trace)
+    policy.config = dataclasses.replace(policy.config, detect_behind_block=False)
+    res = Simulator(trace, sc, policy, 6, "qacloud").run()
+    assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
+    assert res.unpromoted == 0
+
+
 def test_compare_pairs_the_same_seeds_and_reports_differences_with_their_ci(capsys):
     """``bench.gate_sim.compare`` (how docs/performance.md measures a lever): identical
     configurations differ by exactly 0 (same traces, same luck); a real lever shows up in
