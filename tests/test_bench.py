@@ -23,6 +23,19 @@ from schedulers.events import Alert, Blame, Promote, StagingUpdated, StartRun
 SC = Scenario()
 
 
+def _qacloud(trace, seed: int, sc: Scenario = SC, **config):
+    """Simulate qacloud's gate on ``trace`` with ``PolicyConfig`` fields changed."""
+    policy = POLICIES["qacloud"](sc, trace)
+    policy.config = dataclasses.replace(policy.config, **config)
+    return Simulator(trace, sc, policy, seed, "qacloud").run()
+
+
+def _green_and_drained(res) -> None:
+    """Master only ever got tested, unbroken trees, and every commit reached it."""
+    assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
+    assert res.unpromoted == 0
+
+
 def test_same_seed_same_result_for_every_policy():
     trace = generate(120, 1.0, 0.05, seed=7)
     for name, make in POLICIES.items():
@@ -159,11 +172,8 @@ def test_a_filtered_pass_is_not_promoted_over_a_failure_seen_just_below_it():
     three times. A test seen failing below now needs a run at the commit itself."""
     sc = Scenario(revert_delay_hours=4.0)
     trace = generate(400, 3.0, 0.15, seed=1)
-    policy = POLICIES["qacloud"](sc, trace)
-    policy.config = dataclasses.replace(policy.config, confirmations=2)
-    res = Simulator(trace, sc, policy, 1, "qacloud").run()
-    assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
-    assert res.unpromoted == 0
+    res = _qacloud(trace, 1, sc, confirmations=2)
+    _green_and_drained(res)
 
 
 def test_the_alert_that_makes_the_tip_worth_a_run_gets_it_a_pool_at_once():
@@ -174,11 +184,8 @@ def test_the_alert_that_makes_the_tip_worth_a_run_gets_it_a_pool_at_once():
     last commit: 3 commits stayed unpromoted. Planning runs again after such an alert."""
     sc = Scenario(revert_delay_hours=4.0)
     trace = generate(400, 1.0, 0.05, seed=4)
-    policy = POLICIES["qacloud"](sc, trace)
-    policy.config = dataclasses.replace(policy.config, bisect_failed_tests_only=False)
-    res = Simulator(trace, sc, policy, 4, "qacloud").run()
-    assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
-    assert res.unpromoted == 0
+    res = _qacloud(trace, 4, sc, bisect_failed_tests_only=False)
+    _green_and_drained(res)
 
 
 def test_stress_every_configuration_switch_keeps_master_green_and_the_queue_moving(capsys, monkeypatch):
@@ -222,11 +229,8 @@ def test_after_an_alert_a_hunts_filtered_probe_does_not_count_as_a_failed_tip():
     yet due: 166 commits waited at the end of the trace. Only full runs count now."""
     sc = Scenario(fix_delay_hours=12.0, flake_rate=0.05)
     trace = generate(500, 4.0, 0.05, seed=6)
-    policy = POLICIES["qacloud"](sc, trace)
-    policy.config = dataclasses.replace(policy.config, detect_behind_block=False)
-    res = Simulator(trace, sc, policy, 6, "qacloud").run()
-    assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
-    assert res.unpromoted == 0
+    res = _qacloud(trace, 6, sc, detect_behind_block=False)
+    _green_and_drained(res)
 
 
 def test_compare_pairs_the_same_seeds_and_reports_differences_with_their_ci(capsys):
@@ -262,8 +266,7 @@ def test_at_ten_percent_flakes_a_flaky_run_of_a_fix_does_not_block_staging_for_g
     sc = Scenario(flake_rate=0.1)
     trace = generate(600, 3, 0.05, seed=37)
     res = simulate(trace, sc, POLICIES["qacloud"], 37, "qacloud")
-    assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
-    assert res.unpromoted == 0
+    _green_and_drained(res)
 
 
 @pytest.mark.parametrize("confirmations", [1, 2])
@@ -275,9 +278,7 @@ def test_a_revert_is_not_blamed_on_two_flakes_of_different_tests(confirmations):
     it again: that last failure came after a pass of the same test, so it is a flake at
     once (it left the revert "failing" with nothing to run, 2 commits unpromoted)."""
     trace = generate(1000, 1.0, 0.05, seed=179)
-    policy = POLICIES["qacloud"](SC, trace)
-    policy.config = dataclasses.replace(policy.config, confirmations=confirmations)
-    res = Simulator(trace, SC, policy, 179, "qacloud").run()
+    res = _qacloud(trace, 179, confirmations=confirmations)
     assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
     assert (res.unpromoted, res.reverts_blamed, res.false_rejections) == (0, 0, 0)
 
@@ -292,11 +293,8 @@ def test_bisecting_on_the_whole_suite_only_a_full_pass_answers_a_probe(seed, fla
     unpromoted). Only a full pass answers the whole-suite question now."""
     sc = Scenario(flake_rate=flake_rate)
     trace = generate(commits, 1.0, 0.05, seed=seed)
-    policy = POLICIES["qacloud"](sc, trace)
-    policy.config = dataclasses.replace(policy.config, bisect_failed_tests_only=False)
-    res = Simulator(trace, sc, policy, seed, "qacloud").run()
-    assert (res.master_breakage, res.illegal_promotions, res.error, res.violations) == (0, 0, None, [])
-    assert res.unpromoted == 0
+    res = _qacloud(trace, seed, sc, bisect_failed_tests_only=False)
+    _green_and_drained(res)
 
 
 def test_trace_errors_name_file_line_and_field(tmp_path):
