@@ -624,18 +624,10 @@ class GatePolicy:
                 if ev.outcome == "fail" and not names:
                     explained = False  # unknown failing tests: only a pass of the whole suite says
                 if r["outcome"] == "fail" and not r["flake"] and explained and not names & now_failed:
-                    r["flake"] = True
-                    s["stats"]["flakes"] += 1
-                    tests = tuple(r["failed_tests"])
-                    out.append(RecordFlake(sha, tests, r["run_id"]))
-                    self._push(s["flakes"], {"commit": sha, "tests": list(tests), "run_id": r["run_id"]})
+                    self._flake(sha, r, out)
         if now_failed and self._evidence(rs[:-1], now_failed) == "pass":
             # ... and a failure of tests an earlier run here did not fail is a flake at once
-            r = rs[-1]
-            r["flake"] = True
-            s["stats"]["flakes"] += 1
-            out.append(RecordFlake(sha, tuple(r["failed_tests"]), r["run_id"]))
-            self._push(s["flakes"], {"commit": sha, "tests": list(r["failed_tests"]), "run_id": r["run_id"]})
+            self._flake(sha, rs[-1], out)
             return
         if ev.outcome == "pass":
             return
@@ -653,6 +645,14 @@ class GatePolicy:
                     f" {s['blocked_from'][:12] if s['blocked_from'] else '?'}; waiting for a fix",
                     sha,
                 )
+
+    def _flake(self, sha: str, r: dict, out: list[Action]) -> None:
+        """Record the failing run ``r`` of ``sha`` as a flake of its failed tests."""
+        s = self._s
+        r["flake"] = True
+        s["stats"]["flakes"] += 1
+        out.append(RecordFlake(sha, tuple(r["failed_tests"]), r["run_id"]))
+        self._push(s["flakes"], {"commit": sha, "tests": list(r["failed_tests"]), "run_id": r["run_id"]})
 
     def _on_parent_finished(self, ev: RunFinished, run: dict, out: list[Action]) -> None:
         """A parent run of master ended: evidence about master itself (when still master)."""
@@ -1177,20 +1177,7 @@ class GatePolicy:
             ((j, runs) for c, runs in s["results"].items() if (j := self._index.get(c, -1)) >= i),
             key=lambda jr: jr[0],
         ):
-            here: dict[str, bool] = {}
-            full = None  # this commit's full-suite verdict for the tests no run decided
-            unknown = False  # a full run failing tests it did not name: any may fail here
-            for r in runs:
-                ok = r["outcome"] == "pass" or r["flake"]  # a flake's failures passed on a re-run
-                failed = set() if ok else set(r["failed_tests"])
-                if r["tests"] is None:
-                    if ok or failed:
-                        full = failed if full is None else full & failed
-                    else:
-                        unknown = True
-                    continue
-                for t in r["tests"]:
-                    here[t] = here.get(t, False) or t not in failed
+            here, full, unknown = self._fold(runs)
             for t, passed in here.items():
                 decided.setdefault(t, passed)
             if full is None and unknown:
@@ -1208,6 +1195,27 @@ class GatePolicy:
             t for t, passed in decided.items() if passed and (t in direct or not below or t not in below)
         )
 
+    @staticmethod
+    def _fold(runs: list[dict]) -> tuple[dict[str, bool], set[str] | None, bool]:
+        """One commit's runs: per test a filtered run covered, whether one passed it; the
+        tests its full runs all failed (None: no full run named its failures); and whether a
+        full run failed without naming its tests (any may fail there)."""
+        here: dict[str, bool] = {}
+        full: set[str] | None = None
+        unknown = False
+        for r in runs:
+            ok = r["outcome"] == "pass" or r["flake"]  # a flake's failures passed on a re-run
+            failed = set() if ok else set(r["failed_tests"])
+            if r["tests"] is None:
+                if ok or failed:
+                    full = failed if full is None else full & failed
+                else:
+                    unknown = True
+            else:
+                for t in r["tests"]:
+                    here[t] = here.get(t, False) or t not in failed
+        return here, full, unknown
+
     def _failing_below(self, i: int) -> set[str] | None:
         """Tests the highest run below candidate ``i`` covering them failed (flakes aside):
         passing above ``i`` does not show them passing at ``i`` (the fix may lie above it).
@@ -1219,18 +1227,9 @@ class GatePolicy:
             ((j, runs) for c, runs in s["results"].items() if 0 <= (j := self._index.get(c, -1)) < i),
             key=lambda jr: -jr[0],
         ):
-            covered: dict[str, bool] = {}  # test -> passed in some run here
-            full: set[str] | None = None  # a full run here: the tests it failed
-            for r in runs:
-                ok = r["outcome"] == "pass" or r["flake"]
-                failed = set() if ok else set(r["failed_tests"])
-                if r["tests"] is None:
-                    if not ok and not failed:
-                        return None
-                    full = failed if full is None else full & failed
-                else:
-                    for t in r["tests"]:
-                        covered[t] = covered.get(t, False) or t not in failed
+            covered, full, unknown = self._fold(runs)
+            if unknown:
+                return None
             for t, passed in covered.items():
                 if t not in seen and not passed and (full is None or t in full):
                     failing.add(t)

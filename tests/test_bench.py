@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 from dataclasses import asdict
@@ -25,8 +24,7 @@ SC = Scenario()
 
 def _qacloud(trace, seed: int, sc: Scenario = SC, **config):
     """Simulate qacloud's gate on ``trace`` with ``PolicyConfig`` fields changed."""
-    policy = POLICIES["qacloud"](sc, trace)
-    policy.config = dataclasses.replace(policy.config, **config)
+    policy = POLICIES["qacloud"](sc, trace, **config)
     return Simulator(trace, sc, policy, seed, "qacloud").run()
 
 

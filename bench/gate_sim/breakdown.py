@@ -28,13 +28,6 @@ from bench.gate_sim.sim import REVERT_PREFIX, Scenario, Simulator
 from bench.gate_sim.trace import HOUR, generate
 
 
-def _policy(scenario: Scenario, trace: list, options: dict[str, Any]):
-    policy = policies.qacloud_policy(scenario, trace)
-    if options:
-        policy.config = dataclasses.replace(policy.config, **options)
-    return policy
-
-
 def breakdown(
     rate: float, seeds: int, commits: int = 1000, options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -47,7 +40,7 @@ def breakdown(
     p95s, medians = [], []
     for seed in range(1, seeds + 1):
         trace = generate(commits, rate, 0.05, seed, False)
-        sim = Simulator(trace, sc, _policy(sc, trace, options or {}), seed, "qacloud")
+        sim = Simulator(trace, sc, policies.qacloud_policy(sc, trace, **(options or {})), seed, "qacloud")
         res = sim.run()
         if res.error or res.violations:
             raise RuntimeError(f"seed {seed}: {res.error or res.violations[0]}")

@@ -15,7 +15,6 @@ either column is printed, never averaged away.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import statistics
@@ -43,9 +42,7 @@ def run_one(job: tuple[float, int, int, dict[str, Any]]) -> dict[str, float]:
     rate, seed, commits, options = job
     sc = Scenario()
     trace = generate(commits, rate, CULPRIT_RATE, seed, False)
-    policy = policies.qacloud_policy(sc, trace)
-    if options:
-        policy.config = dataclasses.replace(policy.config, **options)
+    policy = policies.qacloud_policy(sc, trace, **options)
     res = Simulator(trace, sc, policy, seed, "qacloud").run()
     row = per_seed(res, sc)
     row["false_rejections"] = float(res.false_rejections)

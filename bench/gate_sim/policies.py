@@ -30,6 +30,7 @@ innocents once spans grew under load.)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from bench.gate_sim.sim import FIX_PREFIX, REVERT_PREFIX, Scenario, reverted_by
@@ -393,22 +394,22 @@ class Oracle(RefPolicy):
             self.start(tip, "tip")
 
 
-def qacloud_policy(scenario: Scenario, trace: list[Commit]):
-    """The project's gate, configured as the scheduler would with the default settings."""
+def qacloud_policy(scenario: Scenario, trace: list[Commit], **changes):
+    """The project's gate, configured as the scheduler would with the default settings, with
+    ``PolicyConfig`` fields ``changes`` on top (the breakdown, compare and stress tools)."""
     from master.settings import Gate
     from schedulers.policy import GatePolicy, PolicyConfig
 
     gate = Gate()
-    return GatePolicy(
-        PolicyConfig(
-            confirmations=gate.confirmations(scenario.flake_rate or None),
-            max_inconclusive_retries=gate.max_inconclusive_retries,
-            bisect_failed_tests_only=gate.bisect_failed_tests_only,
-            speculate=gate.speculate,
-            culprit_action=gate.culprit_action,
-            batch_load=gate.batch_load,
-        )
+    config = PolicyConfig(
+        confirmations=gate.confirmations(scenario.flake_rate or None),
+        max_inconclusive_retries=gate.max_inconclusive_retries,
+        bisect_failed_tests_only=gate.bisect_failed_tests_only,
+        speculate=gate.speculate,
+        culprit_action=gate.culprit_action,
+        batch_load=gate.batch_load,
     )
+    return GatePolicy(dataclasses.replace(config, **changes))
 
 
 PolicyFactory = Callable[[Scenario, list[Commit]], object]

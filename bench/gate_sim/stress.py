@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -70,8 +69,7 @@ def run_cell(job: tuple[int, tuple[str, dict[str, Any], float], float, int, int]
     ci, (_, changes, culprit_rate), rate, seed, commits = job
     sc = Scenario(**changes)
     trace = generate(commits, float(rate), culprit_rate, seed, False)
-    policy = policies.qacloud_policy(sc, trace)
-    policy.config = dataclasses.replace(policy.config, **CONFIGS[ci])
+    policy = policies.qacloud_policy(sc, trace, **CONFIGS[ci])
     res = Simulator(trace, sc, policy, seed, "qacloud").run()
     return {
         "breakage": res.master_breakage,
