@@ -256,7 +256,7 @@ class Driver:
             recheck = a.tests is None and a.commit == tip and any(self.sha_index(b) < i for b in self.blames)
             # or a commit above a blamed culprit failed its tests once: one more run of them
             # before the gate alerts that they still fail (a revert or fix that did not work)
-            revert = a.tests is not None and any(
+            blamed_tests_again = a.tests is not None and any(
                 self.sha_index(c) < i and t in a.tests for c, t in self.blamed_tests
             )
             assert (
@@ -264,7 +264,7 @@ class Driver:
                 or i - 1 <= self.master
                 or probing
                 or recheck
-                or revert
+                or blamed_tests_again
                 or any(
                     o == "pass" or (o == "fail" and f and not set(f) & set(a.tests or ()))
                     for o, _, f in [(o, t, f) for o, t, f, _ in self.known.get(parent, [])]
