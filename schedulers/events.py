@@ -75,7 +75,16 @@ class Promoted:
     now: float = 0.0
 
 
-Event = StagingUpdated | RunFinished | PoolAvailable | PoolUnavailable | Promoted
+@dataclass(frozen=True)
+class Tick:
+    """Time passed and nothing else happened: the driver's timer, sent at or after
+    ``GatePolicy.wake_at()`` (a decision that falls due on time alone, e.g. a re-alert when
+    the gate sits idle behind a block nobody has repaired)."""
+
+    now: float = 0.0
+
+
+Event = StagingUpdated | RunFinished | PoolAvailable | PoolUnavailable | Promoted | Tick
 
 
 # ---------------------------------------------------------------- actions (policy -> driver)

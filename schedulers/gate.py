@@ -60,6 +60,7 @@ from schedulers.events import (
     RunFinished,
     StagingUpdated,
     StartRun,
+    Tick,
 )
 from schedulers.outcome import Classified, classify
 from schedulers.policy import GatePolicy, config_from_settings
@@ -376,10 +377,24 @@ class GateScheduler(ReconfigurableBaseScheduler):
             self._poll_queued = False
             return r
 
-        d = self._lock.run(self._refresh_async)
+        d = self._lock.run(self._periodic_async)
         d.addBoth(done)
         d.addErrback(log.err, "gate: periodic fetch failed")
         return d
+
+    def _periodic_async(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._periodic())
+
+    async def _periodic(self) -> None:
+        """Fetch; then the policy's own timer: when a decision falls due on time alone
+        (``GatePolicy.wake_at``, e.g. re-alerting a block nobody repaired), feed a Tick."""
+        await self._refresh()
+        if self.policy is None:
+            return
+        wake = self.policy.wake_at()
+        if wake is not None and self._now() >= wake:
+            log.msg("gate: the policy's wake-up time came: ticking it")
+            await self._process([Tick(self._now())])
 
     def poke(self) -> defer.Deferred:
         """Fetch now (the webhook calls this)."""

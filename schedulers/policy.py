@@ -47,6 +47,7 @@ from schedulers.events import (
     RunFinished,
     StagingUpdated,
     StartRun,
+    Tick,
 )
 
 STATE_VERSION = 1
@@ -56,6 +57,7 @@ PRIOR_WEIGHT = 20  # ... worth this many commits of observation
 SPECULATE_WHEN = 0.5  # speculate when P(the untested batch fails) reaches this
 STILL_FAILING_TIPS = 2  # commits after a blame failing its tests before alerting a busy gate
 REALERT_TIPS = 3  # commits after an alert failing the same tests before alerting again
+REALERT_WAIT_RUNS = 4  # ... or, the gate idle, this many mean full-run times after the alert
 DETECT_WHEN = 0.3  # behind a block: test a held tip when P(its new commits hold a culprit) reaches this
 LOAD_ARRIVALS = 24  # the load estimate's window: the last this many arrivals on staging ...
 LOAD_RUNS = 12  # ... and the last this many finished full runs (their mean duration)
@@ -183,8 +185,31 @@ class GatePolicy:
             p["state"], p["reason"] = "unavailable", event.reason
         elif isinstance(event, Promoted):
             self._on_promoted(event, out)
+        elif isinstance(event, Tick):
+            pass  # only the clock moved: the plan re-checks what falls due on time
         else:
             raise TypeError(f"unknown gate event {event!r}")
+
+    def wake_at(self) -> float | None:
+        """When a ``Tick`` may change a decision though no other event comes: the next time a
+        re-alert falls due on time (an alerted block still failing at commits pushed after the
+        alert, the gate idle: ``_alert_still_failing``). None: no timer needed. Drivers send
+        ``Tick(now)`` at or after it; an early or extra tick changes nothing."""
+        s = self._s
+        wait, clock = self._realert_wait(), s["clock"]
+        if wait is None or clock is None or s["blocked_to"] is None:
+            return None
+        due = [
+            g["alerted_at"] + wait
+            for g in s["groups"]
+            if g["fixed"] is None and isinstance(g.get("alerted"), str) and g.get("alerted_at") is not None
+        ]
+        return min((t for t in due if t > clock), default=None)
+
+    def _realert_wait(self) -> float | None:
+        """``REALERT_WAIT_RUNS`` mean full-run times, in the events' clock (None before a run)."""
+        d = self._s["durations"]
+        return REALERT_WAIT_RUNS * sum(d) / len(d) if d else None
 
     def to_state(self) -> dict:
         """A JSON-serialisable snapshot; ``GatePolicy(config, state)`` resumes from it exactly."""
@@ -798,7 +823,10 @@ class GatePolicy:
         fail them, or at once when the gate has nothing left in flight; the episode ends when a
         commit passes its tests, or the block clears. Again (naming the new top) when
         ``REALERT_TIPS`` commits pushed after the alert still fail them (e.g. a culprit breaking
-        the same tests landed below the developers' fix); new tips stay tested until then."""
+        the same tests landed below the developers' fix); new tips stay tested until then. When
+        fewer come (the fix was the last push), once the gate is idle and ``REALERT_WAIT_RUNS``
+        mean run times passed since the alert (``wake_at``: the driver ticks then), so a block
+        nobody repaired is never left silent until someone happens to push."""
         s, cand = self._s, self._s["candidates"]
         due_groups: list[tuple[dict, list[int], Any]] = []
         pending: list[tuple[dict, list[int], Any]] = []  # failing since the blame, not yet due
@@ -818,7 +846,7 @@ class GatePolicy:
             if since is None:
                 due = len(failing) >= STILL_FAILING_TIPS or (failing and idle)
             else:
-                due = len(failing) >= REALERT_TIPS
+                due = len(failing) >= REALERT_TIPS or bool(failing and idle and self._realert_late(g))
             if due:
                 due_groups.append((g, failing, since))
             elif failing and since is None:
@@ -830,7 +858,7 @@ class GatePolicy:
         due_groups += pending
         parts = []
         for g, failing, since in due_groups:
-            g["alerted"] = cand[-1]
+            g["alerted"], g["alerted_at"] = cand[-1], s["clock"]
             again = " (again: commits pushed after the last alert fail them too)" if since else ""
             parts.append(
                 f"{', '.join(g['tests'][:5])} still fail(s) at {len(failing)} commit(s) pushed after"
@@ -847,6 +875,11 @@ class GatePolicy:
             " same tests (masked, the gate cannot isolate it); a fix on staging unblocks them",
             top,
         )
+
+    def _realert_late(self, g: dict) -> bool:
+        """``REALERT_WAIT_RUNS`` mean run times passed since group ``g`` was last alerted about."""
+        wait, at, clock = self._realert_wait(), g.get("alerted_at"), self._s["clock"]
+        return wait is not None and at is not None and clock is not None and clock >= at + wait
 
     def _plan_runs(self, out: list[Action]) -> None:
         s, cfg = self._s, self.config
@@ -1312,7 +1345,7 @@ class GatePolicy:
                 del by_revert[r]
                 continue
             for g in gs:
-                g["masked"], g["alerted"] = True, cand[-1]
+                g["masked"], g["alerted"], g["alerted_at"] = True, cand[-1], self._s["clock"]
         for r, gs in sorted(by_revert.items()):  # one alert per commit, naming each group
             parts = [
                 f"culprit masked behind {g['culprit'][:12]}; commits {g['culprit'][:12]}..{cand[r][:12]}"

@@ -231,6 +231,28 @@ def test_after_an_alert_a_hunts_filtered_probe_does_not_count_as_a_failed_tip():
     _green_and_drained(res)
 
 
+@pytest.mark.parametrize(
+    ("seed", "rate", "changes", "culprit_rate", "config"),
+    [
+        (11, 1.0, {"bvt_hours": (0.5, 6.0), "flake_rate": 0.05}, 0.15, {"bisect_failed_tests_only": False}),
+        (8, 3.0, {"revert_delay_hours": 4.0}, 0.15, {"overlap_confirmation": False}),
+    ],
+)
+def test_an_alerted_block_still_failing_at_the_end_of_a_burst_is_alerted_again(
+    seed, rate, changes, culprit_rate, config
+):
+    """The stress grid's two stalls of round 10. A culprit breaking an alerted culprit's test
+    landed after the alert (seed 11: c00391 behind c00369's test_00); the developers'
+    answer was the last push, and it still failed. A re-alert needed ``REALERT_TIPS`` commits
+    failing after the alert, so the gate sat idle and silent: 44 and 198 commits unpromoted.
+    Now the gate, idle, re-alerts ``REALERT_WAIT_RUNS`` mean run times after the alert (the
+    simulator ticks the policy when ``wake_at`` asks, like the scheduler's periodic check)."""
+    sc = Scenario(**changes)
+    trace = generate(400, rate, culprit_rate, seed=seed)
+    res = _qacloud(trace, seed, sc, **config)
+    _green_and_drained(res)
+
+
 def test_compare_pairs_the_same_seeds_and_reports_differences_with_their_ci(capsys):
     """``bench.gate_sim.compare`` (how docs/performance.md measures a lever): identical
     configurations differ by exactly 0 (same traces, same luck); a real lever shows up in

@@ -27,6 +27,7 @@ from schedulers.events import (
     RunFinished,
     StagingUpdated,
     StartRun,
+    Tick,
 )
 from schedulers.gate import DURABLE, NOTIFIER, OUTBOX_KEY, GateScheduler, _action, _mail_id, _record
 from schedulers.policy import GatePolicy, config_from_settings
@@ -201,6 +202,38 @@ class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unitt
         self.assertEqual(self.origin.pushed, [])
         view = yield sched.getState("view")
         self.assertEqual(view["master"], COMMITS[-1])
+        yield sched.deactivate()
+
+    @defer.inlineCallbacks
+    def test_the_periodic_fetch_ticks_the_policy_once_its_wake_up_time_came(self):
+        """The policy's timer (``GatePolicy.wake_at``: a re-alert that falls due on time alone)
+        rides on the periodic fetch: no Tick before the time, one at the first fetch after it,
+        in the reactor's clock, and the state is saved after it like after any event."""
+        sched = yield self.make()
+        yield sched.activate()
+        due = self.reactor.seconds() + 150
+        ticks: list[Tick] = []
+        handle_all = sched.policy.handle_all
+
+        def recording(events):
+            events = list(events)
+            ticks.extend(e for e in events if isinstance(e, Tick))
+            return handle_all(events)
+
+        self.patch(sched.policy, "handle_all", recording)
+        self.patch(sched.policy, "wake_at", lambda: due)
+        saves = []
+        save = sched._save
+        self.patch(sched, "_save", lambda: saves.append(1) or save())
+        self.reactor.advance(60)
+        self.reactor.advance(60)  # two fetches before the time: nothing moved, nothing fed
+        self.assertEqual((ticks, saves), ([], []))
+        self.reactor.advance(60)
+        self.assertEqual([t.now for t in ticks], [due + 30])
+        self.assertTrue(saves)
+        self.patch(sched.policy, "wake_at", lambda: None)  # no timer asked for: no tick
+        self.reactor.advance(60)
+        self.assertEqual(len(ticks), 1)
         yield sched.deactivate()
 
     def tip_started(self) -> tuple[GatePolicy, list]:

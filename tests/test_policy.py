@@ -31,8 +31,9 @@ from schedulers.events import (
     RunFinished,
     StagingUpdated,
     StartRun,
+    Tick,
 )
-from schedulers.policy import GatePolicy, PolicyConfig
+from schedulers.policy import REALERT_WAIT_RUNS, GatePolicy, PolicyConfig
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -284,13 +285,23 @@ class Driver:
             return "fail", (self.hist.flake(i, n, run.tests),)
         return ("fail", tuple(sorted(broken))) if broken else ("pass", ())
 
+    def tick(self) -> bool:
+        """(clocked) Idle with every commit pushed: the scheduler's timer fires at the time the
+        policy asked for (``wake_at``). True when that started runs (the play goes on)."""
+        wake = self.policy.wake_at() if self.clocked else None
+        if wake is None:
+            return False
+        self.rounds = max(self.rounds, math.ceil(wake))
+        self.send(Tick())
+        return bool(self.runs)
+
     def run(self, max_rounds: int = 400) -> None:
         if self.clocked:  # the gate saw staging empty first: every commit is an arrival
             self.send(StagingUpdated("m0", ()))
         self.send(self.staging_event())
         for p in range(self.k):
             self.send(PoolAvailable(f"pool{p}"))
-        while self.runs or (self.clocked and self.revealed < len(self.shas)):
+        while self.runs or (self.clocked and self.revealed < len(self.shas)) or self.tick():
             self.rounds += 1
             assert self.rounds <= max_rounds, "the gate does not converge"
             if self.clocked and self.revealed < len(self.shas):
@@ -659,12 +670,15 @@ def _play(
     acts: list,
     filtered_first=False,
     flaky_once=(),
+    clock: list[float] | None = None,
 ) -> list:
     """Run every started run to completion in start order (one at a time) against the truth:
     ``breaks`` maps culprit -> test, ``fixes`` maps commit -> culprit it repairs; a Revert
     pushes "revert-<sha>" to the staging tip. ``filtered_first``: runs of some tests only
     (shorter) end before full runs; the first run of each commit in ``flaky_once`` fails
-    test_vm whatever the truth (a flake). Returns every action seen."""
+    test_vm whatever the truth (a flake); ``clock`` ([hours]): each run ends 2 h after the
+    previous one, events carry that time. Returns every action seen."""
+    now = (lambda: clock[0]) if clock is not None else (lambda: 0.0)
     seen, runs, flaked = [], [], set()
 
     def broken(sha: str, tests) -> tuple[str, ...]:
@@ -682,7 +696,7 @@ def _play(
             elif isinstance(a, Revert):
                 staging.append(f"revert-{a.commit}")
                 fixes[f"revert-{a.commit}"] = a.commit
-                apply(p.handle(StagingUpdated(master, tuple(staging))))
+                apply(p.handle(StagingUpdated(master, tuple(staging), now=now())))
 
     apply(acts)
     for _ in range(100):
@@ -695,7 +709,9 @@ def _play(
         if r.commit in flaky_once and r.commit not in flaked:
             flaked.add(r.commit)
             failed = ("test_vm",)
-        apply(p.handle(RunFinished(r.run_id, "fail" if failed else "pass", failed)))
+        if clock is not None:
+            clock[0] += 2.0
+        apply(p.handle(RunFinished(r.run_id, "fail" if failed else "pass", failed, now=now())))
     raise AssertionError("the gate does not settle")
 
 
@@ -886,6 +902,53 @@ def test_hold_mode_alerts_once_when_the_blamed_tests_still_fail_after_the_blame(
     seen = _play(p, "a0", staging, breaks, fixes, p.handle(StagingUpdated("a0", tuple(staging[1:]))))
     assert [a.commit for a in seen if isinstance(a, Promote)] == ["fixB"]
     assert not [a for a in seen if isinstance(a, Alert)]
+
+
+def test_an_alerted_block_still_failing_at_the_last_push_is_alerted_again_on_time():
+    """hold: B, masked in A's span, breaks A's test. After the still-failing alert the
+    developers push one commit that does not repair it, and nothing else comes: fewer than
+    ``REALERT_TIPS`` commits fail after the alert, so the count never falls due and the gate
+    would sit idle and silent (the stress grid's two stalls, round 11). Once the gate is idle
+    and ``REALERT_WAIT_RUNS`` mean run times passed since the alert, the driver's tick
+    (``wake_at``) re-alerts, naming the new top; a later tick with nothing new says nothing."""
+    staging = ["a0", "A", "B", "a3"]
+    breaks, fixes, clock = {"A": "test_vm", "B": "test_vm"}, {}, [0.0]
+    p = GatePolicy(PolicyConfig(confirmations=1, speculate=False, culprit_action="hold"))
+    acts = p.handle(StagingUpdated("m", tuple(staging), now=0.0))
+    seen = _play(p, "m", staging, breaks, fixes, acts + p.handle(PoolAvailable("p1", now=0.0)), clock=clock)
+    assert [a.commit for a in seen if isinstance(a, Blame)] == ["A"]
+
+    def push(sha: str) -> list:
+        staging.append(sha)
+        acts = p.handle(StagingUpdated("a0", tuple(staging[1:]), now=clock[0]))
+        return _play(p, "a0", staging, breaks, fixes, acts, clock=clock)
+
+    fixes["revert-A"] = "A"
+    (alert,) = [a for a in push("revert-A") if isinstance(a, Alert)]
+    assert (alert.kind, alert.commit) == ("still-failing", "revert-A")
+    alerted_at = clock[0]
+    assert p.wake_at() is not None and p.wake_at() > alerted_at
+    # the developers' attempt fails (tip run, then once more in full: the gate is idle)
+    seen = push("fixA2")
+    assert [(a.kind, a.commit) for a in seen if isinstance(a, StartRun)] == [
+        ("tip", "fixA2"),
+        ("confirm", "fixA2"),
+    ]
+    assert not [a for a in seen if isinstance(a, Alert)] and not p.in_flight()
+    durations = p.to_state()["durations"]
+    due = alerted_at + REALERT_WAIT_RUNS * sum(durations) / len(durations)
+    assert p.wake_at() == pytest.approx(due)
+    assert p.handle(Tick(now=due - 0.01)) == []  # not yet
+    (again,) = p.handle(Tick(now=due))
+    assert isinstance(again, Alert) and (again.kind, again.commit) == ("still-failing", "fixA2")
+    assert "pushed after A was last alerted about, up to fixA2 (again" in again.message
+    # nothing new pushed since: the next tick is no reason to mail again
+    later = p.wake_at()
+    assert later is not None and later > due
+    assert p.handle(Tick(now=later)) == []
+    fixes["fixB"] = "B"  # the fix after the second alert unblocks everything; no timer left
+    assert [a.commit for a in push("fixB") if isinstance(a, Promote)] == ["fixB"]
+    assert p.wake_at() is None
 
 
 def test_two_blamed_culprits_still_failing_at_the_same_commit_are_one_alert():

@@ -51,6 +51,7 @@ from schedulers.events import (
     RunFinished,
     StagingUpdated,
     StartRun,
+    Tick,
 )
 
 SUITE = tuple(f"test_{n:02d}" for n in range(40))  # BVT test names for failing-test reports
@@ -185,6 +186,7 @@ class Simulator:
         self.first_fail: dict[str, tuple[float, int]] = {}
         self.now = 0.0
         self._heap: list = []
+        self._ticks: set[float] = set()  # wake-up times the policy asked for, not yet reached
         self._seq = itertools.count()
         self.res = SimResult(name, seed, len(trace), sum(c.is_culprit for c in trace))
 
@@ -246,6 +248,9 @@ class Simulator:
                         self._feed(ev)
                 elif kind == "end":
                     self._end(payload)
+                elif kind == "tick":
+                    self._ticks.discard(t)
+                    self._feed(Tick(now=t))
         except Exception as e:  # a crashing policy is a result, not a crash of the benchmark
             self.res.error = f"{type(e).__name__} at t={self.now:.2f} h: {e}"
         self._finish()
@@ -297,6 +302,11 @@ class Simulator:
             ev = queue.pop(0)
             for action in self.policy.handle(ev) or []:
                 queue.extend(self._apply(action))
+        # the policy's timer (like the scheduler's periodic check): tick when it asks
+        wake = self.policy.wake_at() if hasattr(self.policy, "wake_at") else None
+        if wake is not None and wake > self.now and wake not in self._ticks:
+            self._ticks.add(wake)
+            self._at(wake, "tick", None)
 
     # ------------------------------------------------------------------ actions
     def _apply(self, a) -> list:
