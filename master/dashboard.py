@@ -13,6 +13,7 @@ Pages (under ``/plugins/wsgi_dashboards/gate/``):
 
 from __future__ import annotations
 
+import datetime
 import urllib.parse
 from collections import defaultdict
 from collections.abc import Callable
@@ -35,6 +36,9 @@ VIEW_OBJECT = ("gate", "GateScheduler")
 VIEW_KEY = "view"
 RECENT_BUILDS = 300
 RECENT_RESULT_SETS = 200
+RECENT_ALERTS = 20
+HALT_ALERTS = ("master-moved", "staging-rewritten", "promotion-rejected", "master-broken")
+HUMAN_ALERTS = ("still-failing", "culprit-masked", "inherited-failure")
 BUILD_PROPERTIES = ["gate_run_id", "gate_kind", "got_revision", "failed_tests", "infra_failure", "pool"]
 
 _env = jinja2.Environment(
@@ -202,6 +206,60 @@ class GatePage:
             )
         return out
 
+    def status(self) -> dict:
+        """One line saying what the gate is doing now, and what needs a human (``attention``):
+        quarantined pools, and while commits are held behind a culprit the alert saying a
+        revert or fix did not repair it."""
+        v = self.view
+        cands = v.get("candidates") or []
+        alerts = v.get("alerts") or []
+        runs = v.get("runs") or []
+        waiting = sum(1 for c in cands if c.get("status") != "promoted")
+        attention: list[str] = []
+        if v.get("halted"):
+            last = next((a for a in reversed(alerts) if a.get("kind") in HALT_ALERTS), None)
+            state = "halted"
+            text = "Promotion stopped: " + (last["message"] if last else "master moved outside the gate")
+        elif v.get("blocked"):
+            b = v["blocked"]
+            tests = ", ".join(b.get("tests") or []) or "its tests"
+            state = "blocked"
+            text = (
+                f"Blocked: {waiting} staging commit(s) wait behind culprit {_short(b.get('from'))}"
+                f" (failing {tests}) until a revert or fix passes"
+            )
+            told = [a for a in alerts if a.get("kind") in HUMAN_ALERTS]
+            if told:
+                attention.append(f"{told[-1]['kind']}: {told[-1]['message']}")
+        elif v.get("interval"):
+            iv = v["interval"]
+            state = "bisecting"
+            text = (
+                f"Bisecting: the first failing commit after {_short(iv.get('good')) or 'master'} up to"
+                f" {_short(iv.get('bad'))}, {len(runs)} run(s) in flight"
+            )
+        elif runs:
+            state = "testing"
+            text = f"Testing: {len(runs)} run(s) in flight, {waiting} commit(s) not on master yet"
+        elif waiting:
+            state, text = "waiting", f"Waiting for a free pool: {waiting} commit(s) not on master yet"
+        else:
+            state, text = "green", "Green: master is the staging tip"
+        for p in self.pools():
+            if p["state"] == "unavailable":
+                attention.append(f"pool {p['name']} quarantined: {p['reason'] or 'no reason recorded'}")
+        return {"state": state, "text": text, "attention": attention}
+
+    def alerts(self) -> list[dict]:
+        """The latest ``RECENT_ALERTS`` alerts, newest first, with their time (UTC) when known."""
+        out = []
+        for a in list(reversed(self.view.get("alerts") or []))[:RECENT_ALERTS]:
+            at, when = a.get("at"), ""
+            if isinstance(at, (int, float)) and at > 1e9:  # the scheduler's clock: epoch seconds
+                when = datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            out.append({**a, "when": when})
+        return out
+
     def report(self) -> dict:
         """Good commits (promoted, or ready once the culprit is reverted) and buggy ones."""
         culprits = {c["commit"] for c in self.view.get("culprits", [])}
@@ -218,6 +276,10 @@ class GatePage:
         listed = {c["commit"] for c in good}
         good += [{"commit": sha, "author": "", "why": "promoted"} for sha in promoted if sha not in listed]
         return {"good": good, "buggy": buggy}
+
+
+def _short(sha: str | None) -> str:
+    return (sha or "")[:12]
 
 
 def build_href(build: dict) -> str:
@@ -241,11 +303,13 @@ def render_gate(view: dict | None, builds: list[dict], pool_names: list[str]) ->
         candidates=page.candidates(),
         pools=page.pools(),
         report=page.report(),
+        status=page.status(),
+        alerts=page.alerts(),
         try_builds=[b for b in builds if b["buildername"] == TRY_BUILDER][:10],
         build_href=build_href,
         test_href=test_href,
         result_name=lambda r: Results[r] if isinstance(r, int) and 0 <= r < len(Results) else "running",
-        short=lambda sha: (sha or "")[:12],
+        short=_short,
     )
 
 
@@ -256,7 +320,7 @@ def render_test(name: str, runs: list[dict], gate_flakes: list[dict]) -> str:
         runs=runs,
         stats=history_stats(runs),
         gate_flakes=[f for f in gate_flakes if name in f.get("tests", [])],
-        short=lambda sha: (sha or "")[:12],
+        short=_short,
     )
 
 

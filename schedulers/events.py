@@ -168,4 +168,8 @@ Action = StartRun | CancelRun | Promote | Blame | RecordFlake | Revert | Alert
 #   flakes: [{"commit", "tests", "run_id"}]
 #   pools: {name: {"state": "idle"|"busy"|"unavailable", "run_id", "commit", "reason"}}
 #   promotions: [{"commit", "ok", "reason"}]
-#   alerts: [{"kind", "message", "commit"}]   ("commit" absent in states saved before it)
+#   alerts: [{"kind", "message", "commit", "at"}]   ("commit", "at" absent in states saved
+#        before them; "at": the events' clock when it was raised, epoch seconds in the scheduler)
+#   halted: bool                     promotion stopped (master moved outside the gate, ...)
+#   blocked: {"from": sha, "to": sha, "tests": [...]} | None   commits held behind blamed
+#        culprits (from the first one still on staging) until a revert or fix passes

@@ -301,6 +301,12 @@ class GatePolicy:
             "pools": pools,
             "promotions": copy.deepcopy(s["promotions"]),
             "alerts": copy.deepcopy(s["alerts"]),
+            "halted": bool(s["halted"]),
+            "blocked": (
+                {"from": s["blocked_from"], "to": s["blocked_to"], "tests": list(s["blocked_tests"])}
+                if blocked is not None
+                else None
+            ),
         }
 
     # ------------------------------------------------------------------ derived facts
@@ -395,7 +401,8 @@ class GatePolicy:
     ) -> None:
         out.append(Alert(kind, message, commit))
         if record:  # (not: a repeat within one episode, already in the history)
-            self._push(self._s["alerts"], {"kind": kind, "message": message, "commit": commit})
+            alert = {"kind": kind, "message": message, "commit": commit, "at": self._s["clock"]}
+            self._push(self._s["alerts"], alert)
         self._mark(human=True)
 
     def _mark(self, human: bool) -> None:

@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 
 from master.dashboard import history_stats, render_gate
+from schedulers.events import PoolAvailable, StagingUpdated
+from schedulers.policy import GatePolicy, PolicyConfig
 from tests.support.procs import REPO, GitProject, git, make_deployment, simple_pool, wait_for
+from tests.test_policy import _play
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -135,6 +138,59 @@ def test_report_lists_good_and_buggy_commits():
     assert "c2" in buggy and "Jane Dev" in buggy
 
 
+def _status(html: str) -> str:
+    return html.split('id="gate-status"')[1].split("</p>", maxsplit=1)[0]
+
+
+def test_the_status_line_says_what_the_gate_is_doing_and_what_needs_a_human():
+    v = gate_view("m0", "g1", "c2", "a3")  # a bisect interval, pool2 quarantined
+    html = render_gate(v, [], ["pool1", "pool2"])
+    assert "bisecting" in _status(html) and "after g1 up to c2" in _status(html)
+    attention = html.split('id="attention"')[1].split("</div>")[0]
+    assert "pool pool2 quarantined: BMC 127.0.0.1:16021 timeout" in attention
+
+    v["pools"]["pool2"]["state"] = "idle"
+    v["interval"], v["runs"] = None, [{"run_id": "r3", "commit": "a3", "pool": "pool1", "kind": "tip"}]
+    html = render_gate(v, [], ["pool1", "pool2"])
+    assert "testing" in _status(html) and "1 run(s) in flight, 2 commit(s)" in _status(html)
+    assert 'id="attention"' not in html  # nothing for a human
+
+    v["runs"], v["candidates"] = [], [{**c, "status": "promoted"} for c in v["candidates"]]
+    assert "Green: master is the staging tip" in _status(render_gate(v, [], ["pool1"]))
+
+    v["halted"] = True
+    v["alerts"] = [
+        {"kind": "master-moved", "message": "master moved outside the gate to 0badc0ffee", "commit": ""},
+        {"kind": "revert-failed", "message": "later, unrelated", "commit": ""},
+    ]
+    html = render_gate(v, [], ["pool1"])
+    assert "halted" in _status(html) and "Promotion stopped: master moved outside the gate" in _status(html)
+
+
+def test_a_block_shows_its_culprit_and_the_alert_a_human_must_answer():
+    """The status line and "Needs attention" from a real policy's view: A blamed, its revert
+    still fails test_vm (B, in A's span, breaks it too): the still-failing alert is what a
+    human must act on; the alerts list shows it newest first with its time."""
+    staging = ["a0", "A", "B", "a3"]
+    breaks, fixes, t0 = {"A": "test_vm", "B": "test_vm"}, {}, 1_790_000_000.0
+    p = GatePolicy(PolicyConfig(confirmations=1, speculate=False, culprit_action="hold"))
+    acts = p.handle(StagingUpdated("m", tuple(staging), now=t0))
+    _play(p, "m", staging, breaks, fixes, acts + p.handle(PoolAvailable("p1", now=t0)))
+    staging.append("revert-A")
+    fixes["revert-A"] = "A"
+    _play(p, "a0", staging, breaks, fixes, p.handle(StagingUpdated("a0", tuple(staging[1:]), now=t0 + 3600)))
+    v = p.view()
+    assert v["blocked"] == {"from": "A", "to": "revert-A", "tests": ["test_vm"]} and not v["halted"]
+    assert v["alerts"][-1]["at"] == t0 + 3600
+    html = render_gate(v, [], ["p1"])
+    assert "blocked" in _status(html)
+    assert "4 staging commit(s) wait behind culprit A (failing test_vm)" in _status(html)
+    attention = html.split('id="attention"')[1].split("</div>")[0]
+    assert "still-failing: test_vm still fail(s) at 1 commit(s) pushed after A was blamed" in attention
+    first = html.split('id="alerts"')[1].split("</li>")[0]
+    assert "2026-09-21 15:13 UTC" in first and "still-failing" in first
+
+
 @pytest.fixture
 def running(tmp_path):
     proj = GitProject.create(tmp_path / "repo", PASS)
@@ -219,6 +275,8 @@ def test_authz_and_dashboard_in_chromium(running):
     assert c["culprit"] in culprits and "Jane Dev" in culprits and "test_vm_life_cycle" in culprits
     assert f"#/builders/{gate_id}/builds/{failed['number']}" in culprits  # link to the real build
     assert c["good"] in dom.split('id="master-head"')[1].split("</code>")[0]  # the promoted head
+    assert "bisecting" in dom.split('id="gate-status"')[1].split("</p>")[0]
+    assert "pool pool2 quarantined" in dom.split('id="attention"')[1].split("</div>")[0]
     pools = dom.split('id="pools"')[1].split("</table>")[0]
     assert "pool1" in pools and "idle" in pools
     assert "pool2" in pools and "quarantined" in pools and "BMC 127.0.0.1:16021 timeout" in pools
