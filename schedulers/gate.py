@@ -549,11 +549,20 @@ class GateScheduler(ReconfigurableBaseScheduler):
             health.since = self._now()
             return
         missed = []
+        # only builds that ended since the last count: the DB filters (years of BVT history
+        # are not read at every start-up)
+        recent = resultspec.ResultSpec(
+            filters=[resultspec.Filter("complete_at", "ge", [int(health.since - HEALTH_CATCH_UP_SLACK)])]
+        )
+        recent.fieldMapping = {"complete_at": "builds.complete_at"}  # (unmapped: not filtered in SQL)
         for name in sorted(self.health_builders):
             builderid = await self.master.db.builders.findBuilderId(name, autoCreate=False)
             if builderid is None:
                 continue
-            for b in await self.master.db.builds.getBuilds(builderid=builderid, complete=True):
+            builds = await self.master.db.builds.getBuilds(
+                builderid=builderid, complete=True, resultSpec=recent
+            )
+            for b in builds:
                 if b.complete_at is None or b.results in (CANCELLED, RETRY) or health.counted(b.id):
                     continue
                 at = b.complete_at.timestamp()  # Buildbot gives aware UTC datetimes

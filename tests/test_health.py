@@ -201,7 +201,19 @@ class HealthCatchUpAfterRestart(GateHealthCase):
             ),  # long ago
         ]
         yield self.master.db.insert_test_data(rows)
+        read: list[int] = []
+        get_builds = self.master.db.builds.getBuilds
+
+        @defer.inlineCallbacks
+        def recording(*args, **kwargs):
+            builds = yield get_builds(*args, **kwargs)
+            read.extend(b.id for b in builds)
+            return builds
+
+        self.patch(self.master.db.builds, "getBuilds", recording)
         sched = yield self.start_gate()
+        self.assertNotIn(5, read)  # the DB filters: old history is not read at start-up
+        self.assertIn(2, read)
         health = yield sched.getState("health")
         self.assertEqual(health["failures"], {"pool2": 2})  # 1 before + build 2
         self.assertIn("pool2", health["quarantined"])
