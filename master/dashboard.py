@@ -228,7 +228,9 @@ class GatePage:
                 f"Blocked: {waiting} staging commit(s) wait behind culprit {_short(b.get('from'))}"
                 f" (failing {tests}) until a revert or fix passes"
             )
-            told = [a for a in alerts if a.get("kind") in HUMAN_ALERTS]
+            on_staging = {c.get("commit") for c in cands if c.get("status") != "promoted"}
+            # (an alert naming a commit since promoted belongs to an earlier, resolved block)
+            told = [a for a in alerts if a.get("kind") in HUMAN_ALERTS and a.get("commit") in on_staging]
             if told:
                 attention.append(f"{told[-1]['kind']}: {told[-1]['message']}")
         elif v.get("interval"):

@@ -187,6 +187,9 @@ def test_a_block_shows_its_culprit_and_the_alert_a_human_must_answer():
     assert "4 staging commit(s) wait behind culprit A (failing test_vm)" in _status(html)
     attention = html.split('id="attention"')[1].split("</div>")[0]
     assert "still-failing: test_vm still fail(s) at 1 commit(s) pushed after A was blamed" in attention
+    # an alert of an earlier block (its commit since promoted) is no longer news
+    stale = {**v, "alerts": [{**v["alerts"][-1], "commit": "a0"}]}
+    assert 'id="attention"' not in render_gate(stale, [], ["p1"])
     first = html.split('id="alerts"')[1].split("</li>")[0]
     assert "2026-09-21 15:13 UTC" in first and "still-failing" in first
 
