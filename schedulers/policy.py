@@ -86,6 +86,12 @@ class PolicyConfig:
     batch_load: float = 0.0
     batch_per_load: float = 2.0
     batch_wait: float = 1.0
+    # research switch, not a setting (docs/performance.md, round 11): a test that failed at the
+    # suspect in a run restricted to the failing tests (a hunt's probe) is confirmed by that
+    # failure alone. Sound only if a test run alone flakes far less than the whole suite (flakes
+    # a property of each test, none of them notoriously flaky); the gate does not estimate
+    # per-test flake rates yet, so it stays off.
+    confirm_on_filtered_failure: bool = False
 
     def __post_init__(self) -> None:
         if self.culprit_action not in ("hold", "revert"):
@@ -1107,6 +1113,8 @@ class GatePolicy:
         need = 1 + self.config.confirmations
         counts, fails = self._test_failures(sha, within)
         tests = {t for t, n in counts.items() if n >= need}
+        if self.config.confirm_on_filtered_failure:
+            tests |= {t for r in fails if r["tests"] is not None for t in r["failed_tests"] if t in counts}
         if tests:
             return tests, [r for r in fails if not r["failed_tests"] or set(r["failed_tests"]) & tests]
         unknown = [r for r in fails if not r["failed_tests"]]

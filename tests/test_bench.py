@@ -253,6 +253,23 @@ def test_an_alerted_block_still_failing_at_the_end_of_a_burst_is_alerted_again(
     _green_and_drained(res)
 
 
+def test_the_flake_model_decides_how_often_a_filtered_run_flakes():
+    """``Scenario.flake_model``: "run" (the default) lets a run of one test flake as often
+    as the whole suite; "test" spreads the flake rate over the suite's tests. A full run
+    flakes with the flake rate in both; an unknown model is refused."""
+    trace = generate(5, 1.0, 0.05, seed=1)
+    one, half = ("test_03",), tuple(f"test_{n:02d}" for n in range(20))
+    run = Simulator(trace, Scenario(flake_rate=0.02), POLICIES["qacloud"](SC, trace), 1)
+    per_test = Simulator(
+        trace, Scenario(flake_rate=0.02, flake_model="test"), POLICIES["qacloud"](SC, trace), 1
+    )
+    assert run.flake_chance(None) == run.flake_chance(one) == 0.02 == per_test.flake_chance(None)
+    assert per_test.flake_chance(one) == pytest.approx(1 - 0.98 ** (1 / 40))  # ~0.0005
+    assert per_test.flake_chance(half) == pytest.approx(1 - 0.98**0.5)
+    with pytest.raises(ValueError, match="flake_model must be 'run' or 'test'"):
+        Scenario(flake_model="suite")
+
+
 def test_compare_pairs_the_same_seeds_and_reports_differences_with_their_ci(capsys):
     """``bench.gate_sim.compare`` (how docs/performance.md measures a lever): identical
     configurations differ by exactly 0 (same traces, same luck); a real lever shows up in
@@ -263,6 +280,8 @@ def test_compare_pairs_the_same_seeds_and_reports_differences_with_their_ci(caps
     same = compare.compare({}, {}, [3.0], seeds=2, commits=80, jobs=1)
     for k in compare.METRICS:
         assert same["rates"][3.0][k]["diff"] == 0 and same["rates"][3.0][k]["ci"] == 0
+    per_test = compare.compare({}, {}, [3.0], seeds=2, commits=80, jobs=1, flake_model="test")
+    assert per_test["flake_model"] == "test" and per_test["rates"][3.0]["runs_per_commit"]["diff"] == 0
     off = compare.compare({}, {"finish_tip_runs": False}, [4.0], seeds=2, commits=150, jobs=1)
     per = off["rates"][4.0]
     assert per["runs_per_commit"]["diff"] != 0
@@ -270,9 +289,11 @@ def test_compare_pairs_the_same_seeds_and_reports_differences_with_their_ci(caps
         per["runs_per_commit"]["diff"]
     )
     assert per["safety_a"]["master_breakage"] == per["safety_b"]["master_breakage"] == 0
-    assert compare.main(["--rates", "2", "--seeds", "2", "--commits", "40", "--jobs", "1"]) == 0
+    argv = ["--rates", "2", "--seeds", "2", "--commits", "40", "--jobs", "1", "--flake-model", "test"]
+    assert compare.main(argv) == 0
     out = capsys.readouterr().out
     assert "| 2 | runs_per_commit |" in out and "| 2 | safety B | false rejections" in out
+    assert "flakes per test" in out
     with pytest.raises(SystemExit) as e:
         compare.main(["--b", "no_such_knob=1"])
     assert e.value.code == 2
@@ -374,6 +395,8 @@ def test_cli_reports_a_bad_trace_and_a_bad_policy_clearly(tmp_path, capsys):
     assert f"{bad}:1: field 'id' must be a non-empty string" in capsys.readouterr().err
     assert main(["--generate", "5", "--rate", "1", "--policy", "nope"]) == 2
     assert "unknown policy 'nope'" in capsys.readouterr().err
+    assert main(["--generate", "30", "--rate", "1", "--policy", "qacloud", "--flake-model", "test"]) == 0
+    assert "| qacloud" in capsys.readouterr().out
 
 
 def test_developers_answer_an_alert_with_a_fix_after_the_delay_and_it_unblocks_promotion():

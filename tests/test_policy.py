@@ -636,6 +636,37 @@ def test_two_flakes_of_different_tests_at_the_suspect_are_no_confirmation(filter
     assert Promote("b") in acts and not [a for a in acts if isinstance(a, Blame)]
 
 
+@pytest.mark.parametrize("switch", [False, True])
+def test_the_research_switch_blames_on_a_probes_failure_alone(switch):
+    """``confirm_on_filtered_failure`` (off; docs/performance.md round 11): c's tip run
+    fails t1; the probe at b (restricted to t1) fails it too and a passes it. Off, b's
+    re-run on t1 must fail before any blame; on, the probe's failure confirms b at once. A suspect
+    that only failed a full run (the tip itself) is confirmed as before either way."""
+    p = GatePolicy(PolicyConfig(speculate=False, confirm_on_filtered_failure=switch))
+    p.handle(StagingUpdated("m", ("a", "b", "c")))
+    (tip,) = [x for n in ("p1", "p2") for x in p.handle(PoolAvailable(n)) if isinstance(x, StartRun)]
+    probes = [x for x in p.handle(RunFinished(tip.run_id, "fail", ("t1",))) if isinstance(x, StartRun)]
+    assert sorted((x.commit, x.kind, x.tests) for x in probes) == [
+        ("a", "bisect", ("t1",)),
+        ("b", "bisect", ("t1",)),
+    ]
+    by = {x.commit: x for x in probes}
+    acts = p.handle(RunFinished(by["b"].run_id, "fail", ("t1",)))  # (a spare pool may confirm b now)
+    acts += p.handle(RunFinished(by["a"].run_id, "pass"))
+    blames = [x.commit for x in acts if isinstance(x, Blame)]
+    confirms = [(x.commit, x.kind) for x in acts if isinstance(x, StartRun) and x.kind == "confirm"]
+    assert confirms == [("b", "confirm")]  # (started while a's probe was still running)
+    assert blames == (["b"] if switch else [])  # on: blamed before that confirmation ends
+
+    q = GatePolicy(PolicyConfig(speculate=False, confirm_on_filtered_failure=switch))
+    q.handle(StagingUpdated("m", ("a", "b")))
+    (tip,) = [x for x in q.handle(PoolAvailable("p1")) if isinstance(x, StartRun)]
+    (probe,) = [x for x in q.handle(RunFinished(tip.run_id, "fail", ("t1",))) if isinstance(x, StartRun)]
+    acts = q.handle(RunFinished(probe.run_id, "pass"))
+    assert not [x for x in acts if isinstance(x, Blame)]  # b failed a full run only: confirm first
+    assert [(x.commit, x.kind) for x in acts if isinstance(x, StartRun)] == [("b", "confirm")]
+
+
 def test_config_from_settings_follows_observed_flake_rate():
     from master.settings import Gate
     from schedulers.policy import config_from_settings

@@ -52,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--bvt-hours", type=_pair, default=(1.0, 3.0), metavar="LO,HI")
     ap.add_argument("--flake-rate", type=_fraction, default=0.02)
     ap.add_argument("--culprit-rate", type=_fraction, default=0.05)
+    ap.add_argument(
+        "--flake-model",
+        choices=("run", "test"),
+        default="run",
+        help="run: a filtered run flakes as often as a full one (default); test: per test",
+    )
     ap.add_argument("--infra-rate", type=_fraction, default=0.0, help="inconclusive runs (infrastructure)")
     ap.add_argument(
         "--setup-fraction",
@@ -168,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             revert_delay_hours=args.revert_delay_hours,
             fix_delay_hours=args.fix_delay_hours,
             setup_fraction=args.setup_fraction,
+            flake_model=args.flake_model,
         )
         results = run_policies(args, scenario, names)
     except (TraceError, ValueError) as e:

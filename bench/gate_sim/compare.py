@@ -37,10 +37,10 @@ def seed_set(n: int) -> list[int]:
     return list(range(1, half + 1)) + (list(range(101, 101 + n - half)) if n > 1 else [])
 
 
-def run_one(job: tuple[float, int, int, dict[str, Any]]) -> dict[str, float]:
+def run_one(job: tuple[float, int, int, dict[str, Any], str]) -> dict[str, float]:
     """One seed at one rate with ``options`` applied to qacloud's ``PolicyConfig``."""
-    rate, seed, commits, options = job
-    sc = Scenario()
+    rate, seed, commits, options, flake_model = job
+    sc = Scenario(flake_model=flake_model)
     trace = generate(commits, rate, CULPRIT_RATE, seed, False)
     policy = policies.qacloud_policy(sc, trace, **options)
     res = Simulator(trace, sc, policy, seed, "qacloud").run()
@@ -62,14 +62,22 @@ def compare(
     seeds: int,
     commits: int = 1000,
     jobs: int | None = None,
+    flake_model: str = "run",
 ) -> dict[str, Any]:
     """Per rate: A's and B's means, B − A per seed (mean, 95 % CI), and the safety counts."""
     chosen = seed_set(seeds)
-    work = [(r, s, commits, opts) for opts in (a, b) for r in rates for s in chosen]
+    work = [(r, s, commits, opts, flake_model) for opts in (a, b) for r in rates for s in chosen]
     with ProcessPoolExecutor(jobs or os.cpu_count() or 1) as ex:
         rows = list(ex.map(run_one, work, chunksize=4))
     n = len(rates) * len(chosen)
-    out: dict[str, Any] = {"a": a, "b": b, "seeds": chosen, "commits": commits, "rates": {}}
+    out: dict[str, Any] = {
+        "a": a,
+        "b": b,
+        "seeds": chosen,
+        "commits": commits,
+        "flake_model": flake_model,
+        "rates": {},
+    }
     for i, rate in enumerate(rates):
         ra = rows[i * len(chosen) : (i + 1) * len(chosen)]
         rb = rows[n + i * len(chosen) : n + (i + 1) * len(chosen)]
@@ -101,7 +109,7 @@ def to_markdown(c: dict[str, Any]) -> str:
 
     lines = [
         f"A: {label(c['a'])}; B: {label(c['b'])}; {len(c['seeds'])} seeds × {c['commits']} commits"
-        " per rate; B − A paired per seed, ± 95 % CI",
+        f" per rate; flakes per {c.get('flake_model', 'run')}; B − A paired per seed, ± 95 % CI",
         "",
         "| rate /h | metric | A | B | B − A |",
         "|---|---|---|---|---|",
@@ -131,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=160)
     ap.add_argument("--commits", type=int, default=1000)
     ap.add_argument("--jobs", type=int, default=None)
+    ap.add_argument(
+        "--flake-model",
+        choices=("run", "test"),
+        default="run",
+        help="how a filtered run flakes (Scenario.flake_model; docs/performance.md round 11)",
+    )
     args = ap.parse_args(argv)
     try:
         rates = [float(x) for x in args.rates.split(",") if x.strip()]
@@ -138,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--rates: not a comma-separated list of numbers: {args.rates!r}")
     if not rates or args.seeds < 1 or args.commits < 1:
         ap.error("--rates needs at least one rate; --seeds and --commits must be at least 1")
-    c = compare(dict(args.a), dict(args.b), rates, args.seeds, args.commits, args.jobs)
+    c = compare(dict(args.a), dict(args.b), rates, args.seeds, args.commits, args.jobs, args.flake_model)
     print(to_markdown(c))
     unsafe = any(
         per[f"safety_{side}"][k]
