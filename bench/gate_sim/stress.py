@@ -59,6 +59,7 @@ SCENARIOS: list[tuple[str, dict[str, Any], float]] = [
     ("full runs only (setup 1.0)", {"setup_fraction": 1.0}, 0.05),
     ("BVT 0.5-6 h, flaky 5 %", {"bvt_hours": (0.5, 6.0), "flake_rate": 0.05}, 0.15),
     ("infra 15 %", {"infra_rate": 0.15}, 0.05),
+    ("flakes per test, flaky 10 %", {"flake_model": "test", "flake_rate": 0.1}, 0.05),
 ]
 OVERLOAD = ("overload: culprits 15 %, infra 15 %", {"infra_rate": 0.15}, 0.15)
 FALSE_REJECTION_BOUND = 0.001
