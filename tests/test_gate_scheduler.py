@@ -236,6 +236,52 @@ class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unitt
         self.assertEqual(len(ticks), 1)
         yield sched.deactivate()
 
+    @defer.inlineCallbacks
+    def test_a_restarted_gate_re_alerts_an_unrepaired_block_on_its_timer(self):
+        """The policy a previous master saved: A blamed (hold), its revert still failed the
+        test (B, in A's span, breaks it too), the gate alerted; the developers' next push
+        failed as well and nothing came after. After a restart the periodic fetch ticks the
+        real policy once ``REALERT_WAIT_RUNS`` mean run times passed since the alert: one
+        still-failing mail naming that push; nothing is started (every commit is known)."""
+        from tests.test_policy import _play
+
+        staging, breaks, fixes, clock = ["a0", "A", "B", "a3"], {"A": "t", "B": "t"}, {}, [0.0]
+        p = GatePolicy(config_from_settings(self.gate))
+        acts = p.handle(StagingUpdated(MASTER, tuple(staging), now=0.0))
+        acts += p.handle_all([PoolAvailable("pool1", now=0.0), PoolAvailable("pool2", now=0.0)])
+        _play(p, MASTER, staging, breaks, fixes, acts, clock=clock)
+        for push, fixed in (("revert-A", "A"), ("fixA2", None)):
+            staging.append(push)
+            if fixed:
+                fixes[push] = fixed
+            acts = p.handle(StagingUpdated("a0", tuple(staging[1:]), now=clock[0]))
+            _play(p, "a0", staging, breaks, fixes, acts, clock=clock)
+        assert [a["kind"] for a in p.view()["alerts"]] == ["still-failing"] and not p.in_flight()
+        due = p.wake_at()
+        assert due is not None and due > clock[0]
+        self.origin.master, self.origin.commits = "a0", staging[1:]
+        yield self.saved_by_previous_master(p.to_state(), {})
+        mails: list[tuple[str, str]] = []
+
+        class Notifier:
+            async def alert(self, kind, message, message_id=None):
+                mails.append((kind, message))
+                return True
+
+        sched = yield self.make()
+        self.master.namedServices[NOTIFIER] = Notifier()
+        self.addCleanup(self.master.namedServices.pop, NOTIFIER, None)
+        self.reactor.advance(due - 1)  # (the fake reactor's clock is the policy's: both seconds)
+        yield sched.activate()
+        self.assertEqual((mails, self.started()), ([], []))
+        self.reactor.advance(60)  # the first periodic fetch after the due time
+        self.assertEqual([k for k, _ in mails], ["still-failing"])
+        self.assertIn("up to fixA2 (again", mails[0][1])
+        self.assertEqual(self.started(), [])
+        self.reactor.advance(120)  # nothing pushed since: no second mail
+        self.assertEqual(len(mails), 1)
+        yield sched.deactivate()
+
     def tip_started(self) -> tuple[GatePolicy, list]:
         """A policy that saw both pools and staging: the tip run r1 started (and its actions)."""
         p = GatePolicy(config_from_settings(self.gate))
