@@ -202,20 +202,19 @@ class GatePolicy:
         alert, the gate idle: ``_alert_still_failing``). None: no timer needed. Drivers send
         ``Tick(now)`` at or after it; an early or extra tick changes nothing."""
         s = self._s
-        wait, clock = self._realert_wait(), s["clock"]
-        if wait is None or clock is None or s["blocked_to"] is None:
+        if s["clock"] is None or s["blocked_to"] is None:
             return None
-        due = [
-            g["alerted_at"] + wait
-            for g in s["groups"]
-            if g["fixed"] is None and isinstance(g.get("alerted"), str) and g.get("alerted_at") is not None
-        ]
-        return min((t for t in due if t > clock), default=None)
+        due = [t for g in s["groups"] if g["fixed"] is None and (t := self._realert_at(g)) is not None]
+        return min((t for t in due if t > s["clock"]), default=None)
 
-    def _realert_wait(self) -> float | None:
-        """``REALERT_WAIT_RUNS`` mean full-run times, in the events' clock (None before a run)."""
-        d = self._s["durations"]
-        return REALERT_WAIT_RUNS * sum(d) / len(d) if d else None
+    def _realert_at(self, g: dict) -> float | None:
+        """When group ``g``, alerted about, may be re-alerted on time: ``REALERT_WAIT_RUNS`` mean
+        full-run times after its last alert, in the events' clock (None: not alerted, or no
+        full run finished yet)."""
+        d, at = self._s["durations"], g.get("alerted_at")
+        if not d or at is None or not isinstance(g.get("alerted"), str):
+            return None
+        return at + REALERT_WAIT_RUNS * sum(d) / len(d)
 
     def to_state(self) -> dict:
         """A JSON-serialisable snapshot; ``GatePolicy(config, state)`` resumes from it exactly."""
@@ -859,7 +858,8 @@ class GatePolicy:
             if since is None:
                 due = len(failing) >= STILL_FAILING_TIPS or (failing and idle)
             else:
-                due = len(failing) >= REALERT_TIPS or bool(failing and idle and self._realert_late(g))
+                late = (at := self._realert_at(g)) is not None and s["clock"] >= at
+                due = len(failing) >= REALERT_TIPS or bool(failing and idle and late)
             if due:
                 due_groups.append((g, failing, since))
             elif failing and since is None:
@@ -888,11 +888,6 @@ class GatePolicy:
             " same tests (masked, the gate cannot isolate it); a fix on staging unblocks them",
             top,
         )
-
-    def _realert_late(self, g: dict) -> bool:
-        """``REALERT_WAIT_RUNS`` mean run times passed since group ``g`` was last alerted about."""
-        wait, at, clock = self._realert_wait(), g.get("alerted_at"), self._s["clock"]
-        return wait is not None and at is not None and clock is not None and clock >= at + wait
 
     def _plan_runs(self, out: list[Action]) -> None:
         s, cfg = self._s, self.config
