@@ -247,6 +247,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
             log.msg(f"gate: promotion of {_short(promoting)} was interrupted: completing it")
             events.append(await self._promote(promoting))
         await self._process(events)
+        await self._release_stranded()
         await self._refresh()
 
     async def _finish_outbox(self) -> None:
@@ -360,6 +361,53 @@ class GateScheduler(ReconfigurableBaseScheduler):
         log.msg(f"gate: run {run_id} of {_short(commit)}: adopted buildset {bsid} created before the restart")
         return self._runs[run_id]
 
+    def _unusable(self, pool: str) -> str | None:
+        """Why ``pool`` can take no build (quarantined, or gone from the inventory); None if it can."""
+        assert self.health is not None
+        if pool not in self.pools:
+            return "is no longer in the lab inventory"
+        if self.health.is_quarantined(pool):
+            return f"was quarantined ({self.health.reason(pool)})"
+        return None
+
+    async def _release_stranded(self) -> None:
+        """End the gate runs that wait for a pool which will never take them. A build that ends
+        RETRY (its worker was lost) sends its build request back to the queue for the same pool,
+        and ``nextWorker`` gives a quarantined pool no work: without this the run, and the gate
+        with it, would wait until someone releases the pool. Such a run (its request waiting,
+        unclaimed, no build running) ends *inconclusive*, never evidence against the commit, so
+        the policy retries it on another pool; then its request is cancelled. Checked when a
+        pool is quarantined, at start-up and on every periodic fetch. Under the lock."""
+        if self.policy is None or self.health is None:
+            return
+        stranded: list[tuple[str, str, list[int]]] = []
+        for run_id, run in self.policy.in_flight().items():
+            why = self._unusable(run["pool"])
+            m = self._runs.get(run_id)
+            if why is None or m is None:
+                continue
+            brs = await self.master.db.buildrequests.getBuildRequests(bsid=m["bsid"])
+            if not brs or any(br.complete or br.claimed for br in brs):
+                continue  # running, just finished, or about to be re-queued: its end or the next check tells
+            if any(b.complete_at is None for b in await self._builds(m["bsid"])):
+                continue
+            stranded.append((run_id, why, [br.buildrequestid for br in brs]))
+        if not stranded:
+            return
+        events: list[Event] = []
+        for run_id, why, _ in stranded:
+            run = self.policy.in_flight()[run_id]
+            reason = f"pool {run['pool']} {why} while the run waited for it"
+            log.msg(
+                f"gate: run {run_id} ({run['kind']}) of {_short(run['commit'])} waits for pool"
+                f" {run['pool']}, which {why}: inconclusive, the gate retries it on another pool"
+            )
+            events.append(RunFinished(run_id, "inconclusive", (), reason, self._now()))
+        await self._process(events)  # the policy drops the runs first: their cancels are no evidence
+        for run_id, _, brids in stranded:
+            for brid in brids:
+                await self._cancel_request(brid, run_id, "its pool can take no build")
+
     # ------------------------------------------------------------------ inputs
 
     async def gotChange(self, change, important) -> None:  # type: ignore[override]
@@ -391,6 +439,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         await self._refresh()
         if self.policy is None:
             return
+        await self._release_stranded()
         wake = self.policy.wake_at()
         if wake is not None and self._now() >= wake:
             log.msg("gate: the policy's wake-up time came: ticking it")
@@ -499,8 +548,18 @@ class GateScheduler(ReconfigurableBaseScheduler):
         return getattr(cfg, "buildbotURL", None) or "/"
 
     def _build_finished(self, key, msg) -> defer.Deferred | None:
-        """Every finished BVT build (gate and try) tells on its pool's health."""
+        """Every finished BVT build (gate and try) tells on its pool's health; not a build the
+        master's own shutdown stopped (``buildbot stop``/``restart`` ends running builds as
+        RETRY and Buildbot runs them again after the start): a restart is not the pool's fault."""
         if self.health is None or msg.get("results") == CANCELLED:
+            return None
+        if msg.get("results") == RETRY and getattr(
+            getattr(self.master, "botmaster", None), "shuttingDown", False
+        ):
+            log.msg(
+                f"gate: build {msg.get('buildid')} stopped by the master's shutdown (RETRY): not"
+                " counted against its pool; Buildbot runs it again after the restart"
+            )
             return None
         d = self._lock.run(lambda: defer.ensureDeferred(self._on_build_finished(msg)))
         d.addErrback(log.err, "gate: recording pool health")
@@ -530,6 +589,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
             self._notify("quarantined", pool, rec.reason)
             if live:
                 await self._process([PoolUnavailable(pool, f"quarantined: {rec.reason}", self._now())])
+                await self._release_stranded()
                 return True
         await self.setState("health", self.health.to_state())
         return True

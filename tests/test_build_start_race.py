@@ -9,8 +9,15 @@ then the worker detach while it records the ping -- the window of Buildbot 4.3's
 
 from __future__ import annotations
 
-from buildbot.process.results import RETRY, SUCCESS
+from types import SimpleNamespace
 
+from buildbot.process.build import Build
+from buildbot.process.results import RETRY, SUCCESS
+from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
+from twisted.python.failure import Failure
+
+from master.build import BvtBuild
 from tests.reliability.test_master_crash import fast_reconnect
 from tests.support.procs import GitProject, make_deployment, simple_pool, wait_for
 
@@ -67,3 +74,65 @@ def test_worker_lost_between_ping_and_first_step_is_retried_not_hung(tmp_path):
         assert last["results"] == SUCCESS and last["buildrequestid"] == first["buildrequestid"], builds
     finally:
         dep.stop()
+
+
+class _Updates:
+    """The data API updates ``buildPreparationFailure`` calls, recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def setStepStateString(self, stepid, state_string):
+        self.calls.append(("state", stepid, state_string))
+        return defer.succeed(None)
+
+    def finishStep(self, stepid, results, hidden):
+        self.calls.append(("finish", stepid, results))
+        return defer.succeed(None)
+
+
+class _Step:
+    stepid = 7
+
+    def __init__(self) -> None:
+        self.logged: list = []
+
+    def addLogWithFailure(self, why):
+        self.logged.append(why)
+        return defer.succeed(None)
+
+
+def _detached_build(cls):
+    """A build whose worker detached before Buildbot prepared it: ``workerforbuilder.worker`` is
+    None when ``Build.startBuild`` reaches its ``worker_prepare`` check (the window before the
+    ping above; a worker SIGKILLed the moment the build is created lands in it)."""
+    build = cls.__new__(cls)
+    build.stopped = False
+    build.workername = "pool1-qavm"
+    build.builder, build.number, build.results = SimpleNamespace(name="gate-bvt"), 1, SUCCESS
+    build.workerforbuilder = SimpleNamespace(worker=None)
+    build._preparation_step = _Step()
+    build.master = SimpleNamespace(data=SimpleNamespace(updates=_Updates()))
+    return build
+
+
+def test_stock_buildbot_crashes_when_the_worker_detached_before_the_build_was_prepared():
+    """The Buildbot 4.3 bug BvtBuild works around: ``putInQuarantine`` on a None worker."""
+    build = _detached_build(Build)
+    d = build.buildPreparationFailure(False, "worker_prepare")
+    errors = []
+    d.addErrback(errors.append)
+    assert errors and errors[0].check(AttributeError), errors
+
+
+def test_a_worker_detached_before_the_build_was_prepared_ends_its_preparation_as_retry():
+    build = _detached_build(BvtBuild)
+    d = build.buildPreparationFailure(Failure(ConnectionLost("worker gone")), "worker_prepare")
+    errors = []
+    d.addErrback(errors.append)
+    assert errors == []
+    assert build.master.data.updates.calls == [
+        ("state", 7, "worker lost while worker_prepare"),
+        ("finish", 7, RETRY),
+    ]
+    assert len(build._preparation_step.logged) == 1

@@ -15,7 +15,7 @@ from collections import Counter
 
 from buildbot.process.results import CANCELLED, RETRY
 
-from tests.support.procs import GitProject, make_deployment, simple_pool, wait_for
+from tests.support.procs import GitProject, gate_builds, make_deployment, simple_pool, wait_for
 
 RUN_TESTS = 'exec python3 -m unittest -v "$@"\n'
 TEST_APP = """\
@@ -42,16 +42,6 @@ def _view(dep) -> dict | None:
             " WHERE o.name = 'gate' AND o.class_name = 'GateScheduler' AND s.name = 'view'"
         ).fetchone()
     return json.loads(row[0]) if row else None
-
-
-def _gate_builds(dep) -> list[dict]:
-    q = "builds?property=gate_run_id&property=gate_kind&property=bvt_tests&property=revision"
-    out = []
-    for b in dep.master.api(q)["builds"]:
-        props = {k: v[0] for k, v in (b.get("properties") or {}).items()}
-        if props.get("gate_run_id"):
-            out.append({**b, "props": props})
-    return out
 
 
 def test_gate_bisects_blames_survives_sigkill_and_promotes_the_fix(tmp_path):
@@ -87,7 +77,7 @@ def test_gate_bisects_blames_survives_sigkill_and_promotes_the_fix(tmp_path):
             bisected = any(r["kind"] in ("bisect", "confirm", "parent") for r in finished)
             if not (bisected and v.get("runs") and not v.get("culprits")):
                 return None
-            return [b for b in _gate_builds(dep) if not b["complete"]]
+            return [b for b in gate_builds(dep) if not b["complete"]]
 
         running = wait_for(mid_bisect, 90, "a bisect run finished and another one running")
         m.kill()
@@ -122,7 +112,7 @@ def test_gate_bisects_blames_survives_sigkill_and_promotes_the_fix(tmp_path):
         wait_for(lambda: proj.head("master") == fix, 90, "the fix promoted to master")
 
         # builds over REST: no finished run repeated (across the SIGKILL), culprit's runs failed
-        builds = _gate_builds(dep)
+        builds = gate_builds(dep)
         finished = [b for b in builds if b["complete"] and b["results"] not in (RETRY, CANCELLED)]
         per_run = Counter(b["props"]["gate_run_id"] for b in finished)
         assert [r for r, n in per_run.items() if n > 1] == [], (per_run, m.log_tail(150))

@@ -166,6 +166,22 @@ class GateHealthTests(GateHealthCase):
         with self.assertRaisesRegex(ValueError, "unknown pool 'nope'"):
             yield self.sched.release_pool("nope")
 
+    @defer.inlineCallbacks
+    def test_builds_the_masters_own_shutdown_stopped_count_against_no_pool(self):
+        """``buildbot stop``/``restart`` ends running builds as RETRY (Buildbot runs them again
+        after the start): the master's doing, not the pool's. A RETRY while the master runs (a
+        lost worker) is the pool's."""
+        self.master.botmaster.shuttingDown = True
+        yield self.finish(1, RETRY, "pool2")
+        yield self.finish(2, RETRY, "pool2")
+        health = yield self.sched.getState("health")
+        self.assertEqual(health["failures"].get("pool2", 0), 0)
+        self.assertFalse(pool_health.is_quarantined("pool2"))
+        self.master.botmaster.shuttingDown = False
+        yield self.finish(3, RETRY, "pool2")
+        health = yield self.sched.getState("health")
+        self.assertEqual(health["failures"]["pool2"], 1)
+
 
 class HealthCatchUpAfterRestart(GateHealthCase):
     """A master killed between a build's end and its health record: the restarted gate counts

@@ -58,6 +58,13 @@ NOT_COVERED = """\
   "promotion-rejected" alert; a push refused by an origin hook was reported as "master
   moved"; an unreachable origin raised no alert.
 
+- Fixed while writing these tests (`schedulers/gate.py`, `master/build.py`, round 12): a clean
+  master restart during BVT runs counted one infrastructure failure against each busy pool
+  (three routine restarts quarantined a healthy pool); a run whose pool was quarantined while
+  its request was re-queued (a lost worker's `RETRY`) waited for that pool forever, and the
+  gate with it; a worker killed the moment its build was created hit a second Buildbot 4.3
+  start-up race (`putInQuarantine` on a `None` worker) and the build never ended.
+
 ## Covered outside this directory
 
 - malformed and unsigned webhook payloads: `tests/test_webhook.py`;

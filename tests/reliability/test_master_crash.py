@@ -35,6 +35,7 @@ from tests.support.procs import (
     Deployment,
     GitProject,
     Postgres,
+    gate_builds,
     git,
     make_deployment,
     run,
@@ -101,17 +102,6 @@ def _db_url(dep: Deployment) -> str:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         url = f"sqlite:///{dep.master.basedir / url[len('sqlite:///') :]}"
     return url
-
-
-def gate_builds(dep: Deployment) -> list[dict]:
-    """Gate builds over REST, with their gate properties flattened into ``props``."""
-    q = "builds?property=gate_run_id&property=gate_kind&property=bvt_tests&property=revision"
-    out = []
-    for b in dep.master.api(q)["builds"]:
-        props = {k: v[0] for k, v in (b.get("properties") or {}).items()}
-        if props.get("gate_run_id"):
-            out.append({**b, "props": props})
-    return out
 
 
 def fast_reconnect(dep: Deployment) -> None:

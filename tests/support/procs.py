@@ -454,3 +454,16 @@ def make_deployment(
     for w in workers:
         w.create()
     return Deployment(root, master, workers)
+
+
+def gate_builds(dep: Deployment) -> list[dict]:
+    """Gate builds over REST, with their gate properties flattened into ``props``."""
+    q = "builds?" + "&".join(
+        f"property={p}" for p in ("gate_run_id", "gate_kind", "bvt_tests", "revision", "pool")
+    )
+    out = []
+    for b in dep.master.api(q)["builds"]:
+        props = {k: v[0] for k, v in (b.get("properties") or {}).items()}
+        if props.get("gate_run_id"):
+            out.append({**b, "props": props})
+    return out

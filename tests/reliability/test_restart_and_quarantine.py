@@ -1,0 +1,148 @@
+"""Routine operations on a live gate: a master restarted while BVT runs are in flight, and a
+pool quarantined while the gate's run waits for it.
+
+Real master, two real workers (two pools), a real git origin; the BVT is the project's own
+test script, slow enough to be caught running. Both tests set ``pools.quarantine_after: 1``, so
+a single wrong count would quarantine a pool.
+
+* ``buildbot stop`` + ``start`` (what a QA engineer does after changing the configuration or
+  the code) ends running builds as RETRY and Buildbot runs them again after the start. That is
+  the master's doing, not the pool's: no pool is counted against or quarantined, and the run
+  finishes and is promoted.
+* A worker lost mid-build (SIGKILL) is the pool's fault: the pool is quarantined. Buildbot
+  re-queues the build request *for that pool*, which takes no work while quarantined, so the
+  gate's run would wait for it forever. The gate ends that run as inconclusive (never
+  evidence against the commit) and runs it on the other pool; the commit is promoted.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from tests.reliability.test_master_crash import fast_reconnect, gate_state
+from tests.support.procs import GitProject, gate_builds, make_deployment, simple_pool, wait_for
+
+SLOW_SUITE = {
+    "run-tests.sh": 'sleep 6\nexec python3 -m unittest -v "$@"\n',
+    "test_app.py": "import unittest\n\n\nclass T(unittest.TestCase):\n    def test_a(self):\n        pass\n",
+}
+
+
+def _deployment(tmp_path):
+    proj = GitProject.create(tmp_path / "repo", SLOW_SUITE)
+    dep = make_deployment(
+        tmp_path / "qa",
+        str(proj.origin),
+        [simple_pool("pool1", 1), simple_pool("pool2", 2)],
+        extra={"pools": {"quarantine_after": 1}},
+    )
+    fast_reconnect(dep)
+    return proj, dep
+
+
+def _tip_run_in_a_step(proj, dep) -> tuple[str, dict]:
+    """Push one commit to staging; wait until the gate's tip run of it is running a step.
+    Returns the commit and the build."""
+    dep.wait_workers()
+    wait_for(lambda: (gate_state(dep, "view") or {}).get("master"), 30, "the gate to start")
+    tip = proj.commit("change 1", {"notes/1.txt": "1\n"})
+    proj.push_staging()
+    (build,) = wait_for(lambda: _running(dep), 60, "the gate's tip run to be building")
+    wait_for(lambda: _in_a_step(dep, build), 30, "the build to run a step")
+    return tip, build
+
+
+def _running(dep) -> list[dict]:
+    return [b for b in gate_builds(dep) if not b["complete"] and b["props"].get("gate_kind") == "tip"]
+
+
+def _in_a_step(dep, build: dict) -> bool:
+    """The build is past its worker preparation (step 0) and running a step: the worker is
+    attached and working, so losing it is a lost worker, not a start-up race (master/build.py)."""
+    steps = dep.master.api(f"builds/{build['buildid']}/steps")["steps"]
+    return any(s["number"] >= 1 and s["started_at"] and not s["complete"] for s in steps)
+
+
+def _log(dep) -> str:
+    return (dep.master.basedir / "twistd.log").read_text(errors="replace")
+
+
+def test_a_graceful_master_restart_mid_run_counts_against_no_pool(tmp_path, reliability):
+    t0 = time.monotonic()
+    proj, dep = _deployment(tmp_path)
+    dep.start()
+    try:
+        m = dep.master
+        tip, build = _tip_run_in_a_step(proj, dep)
+        pool = build["props"]["pool"]
+        m.stop()
+        m.start()
+        dep.wait_workers(60)
+        try:
+            wait_for(lambda: proj.head("master") == tip, 120, "the tip promoted after the restart")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{m.log_tail(80)}") from None
+        health = gate_state(dep, "health")
+        assert health["quarantined"] == {}, health
+        assert all(n == 0 for n in health["failures"].values()), health
+        log = _log(dep)
+        assert re.search(r"gate: build \d+ stopped by the master's shutdown \(RETRY\): not counted", log)
+        assert "QUARANTINE" not in log
+        # the interrupted build was run again by Buildbot, on the same pool; one gate run
+        builds = [b for b in gate_builds(dep) if b["props"].get("gate_kind") == "tip"]
+        assert {b["props"]["gate_run_id"] for b in builds} == {build["props"]["gate_run_id"]}
+        assert len(builds) >= 2 and {b["props"]["pool"] for b in builds} == {pool}
+        reliability.record(
+            "master restarted (buildbot stop/start) mid-run",
+            area="gate",
+            injected=1,
+            survived=1,
+            detail="the interrupted build re-run by Buildbot; no pool counted against "
+            "(quarantine_after 1); the tip promoted",
+            test="tests/reliability/test_restart_and_quarantine.py",
+            seconds=time.monotonic() - t0,
+        )
+    finally:
+        dep.stop()
+
+
+def test_a_run_waiting_for_a_pool_quarantined_meanwhile_moves_to_another_pool(tmp_path, reliability):
+    t0 = time.monotonic()
+    proj, dep = _deployment(tmp_path)
+    dep.start()
+    try:
+        m = dep.master
+        tip, build = _tip_run_in_a_step(proj, dep)
+        lost = build["props"]["pool"]
+        other = "pool2" if lost == "pool1" else "pool1"
+        next(w for w in dep.workers if w.name == f"{lost}-qavm").kill()
+        try:
+            wait_for(lambda: proj.head("master") == tip, 90, "the tip promoted on the other pool")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{m.log_tail(80)}") from None
+        health = gate_state(dep, "health")
+        assert list(health["quarantined"]) == [lost], health
+        log = _log(dep)
+        assert f"gate: QUARANTINE pool {lost}" in log
+        assert re.search(rf"waits for pool {lost}, which was quarantined .*: inconclusive", log), log[-3000:]
+        view = gate_state(dep, "view")
+        assert view["culprits"] == [] and view["flakes"] == []
+        builds = [b for b in gate_builds(dep) if b["props"].get("gate_kind") in ("tip", "retry")]
+        passed = [b for b in builds if b["complete"] and b["results"] == 0]
+        assert [b["props"]["pool"] for b in passed] == [other], [(b["props"], b["results"]) for b in builds]
+        # the stranded request was cancelled: nothing is left waiting for the quarantined pool
+        pending = m.api("buildrequests?complete=false")["buildrequests"]
+        assert pending == [], pending
+        reliability.record(
+            "pool quarantined while the gate's run waits for it",
+            area="gate",
+            injected=1,
+            survived=1,
+            detail=f"worker of {lost} SIGKILLed mid-build (quarantine_after 1): run ended inconclusive, "
+            f"retried and passed on {other}, the stranded request cancelled; nobody blamed",
+            test="tests/reliability/test_restart_and_quarantine.py",
+            seconds=time.monotonic() - t0,
+        )
+    finally:
+        dep.stop()
