@@ -195,20 +195,22 @@ class GatePage:
         out = []
         for name in names:
             p = view_pools.get(name) or {"state": "unknown"}
+            state, reason = p.get("state") or "unknown", p.get("reason")
             out.append(
                 {
                     "name": name,
-                    "state": p.get("state") or "unknown",
+                    "state": state,
+                    "label": _pool_label(state, reason),
                     "run_id": p.get("run_id"),
                     "commit": p.get("commit"),
-                    "reason": p.get("reason"),
+                    "reason": reason,
                 }
             )
         return out
 
     def status(self) -> dict:
         """One line saying what the gate is doing now, and what needs a human (``attention``):
-        quarantined pools, and while commits are held behind a culprit the alert saying a
+        quarantined or offline pools, and while commits are held behind a culprit the alert saying a
         revert or fix did not repair it."""
         v = self.view
         cands = v.get("candidates") or []
@@ -249,7 +251,8 @@ class GatePage:
             state, text = "green", "Green: master is the staging tip"
         for p in self.pools():
             if p["state"] == "unavailable":
-                attention.append(f"pool {p['name']} quarantined: {p['reason'] or 'no reason recorded'}")
+                why = (p["reason"] or "").removeprefix("quarantined: ") or "no reason recorded"
+                attention.append(f"pool {p['name']} {p['label']}: {why}")
         return {"state": state, "text": text, "attention": attention}
 
     def alerts(self) -> list[dict]:
@@ -278,6 +281,16 @@ class GatePage:
         listed = {c["commit"] for c in good}
         good += [{"commit": sha, "author": "", "why": "promoted"} for sha in promoted if sha not in listed]
         return {"good": good, "buggy": buggy}
+
+
+def _pool_label(state: str, reason: str | None) -> str:
+    """What an unavailable pool is, from the gate's reason: quarantined (infrastructure
+    failures), offline (its worker not connected) or unavailable (e.g. gone from the inventory)."""
+    if state != "unavailable":
+        return state
+    if (reason or "").startswith("quarantined"):
+        return "quarantined"
+    return "offline" if (reason or "").startswith("worker ") else "unavailable"
 
 
 def _short(sha: str | None) -> str:

@@ -124,9 +124,11 @@ class Gate(Located):
 
 @dataclass(kw_only=True)
 class Pools(Located):
-    """Pool health: quarantine after consecutive infrastructure failures."""
+    """Pool health: quarantine after consecutive infrastructure failures; a pool whose worker
+    stays disconnected takes no gate run until it is back."""
 
     quarantine_after: int = check(_positive, default=3)
+    offline_after: int = check(_positive, default=600)  # s a pool's worker may be disconnected
 
 
 @dataclass(kw_only=True)

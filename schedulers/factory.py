@@ -56,9 +56,11 @@ def gate_scheduler(settings: Settings, inventory: Inventory):
         master_branch=repo.master,
         staging_branch=repo.staging,
         pools=list(inventory.pool_names),
+        pool_workers={p.name: p.worker for p in inventory.pools},
         gate=settings.gate,
         fetch_interval=repo.poll_interval,
         quarantine_after=settings.pools.quarantine_after,
+        offline_after=settings.pools.offline_after,
         health_builders=[GATE_BUILDER, TRY_BUILDER],
     )
 

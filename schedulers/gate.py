@@ -94,6 +94,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
         "gate",
         "fetch_interval",
         "quarantine_after",
+        "offline_after",
+        "pool_workers",
         "mirror_dir",
         "health_builders",
     )
@@ -108,6 +110,10 @@ class GateScheduler(ReconfigurableBaseScheduler):
         self._last_seen: tuple[str, str] | None = None  # (master, staging) last fed
         self._consumers: list = []
         self._timer: task.LoopingCall | None = None
+        # pool -> since when its worker is not connected (this process's clock); the pools the
+        # policy was told are unavailable for it (after ``offline_after``)
+        self._offline_since: dict[str, float] = {}
+        self._offline: set[str] = set()
         self._poll_queued = False
         self._unreachable = False  # the last fetch failed (alerted once)
         # the current promotion-rejection episode: [commit, alert message] (alerted once), or None
@@ -127,6 +133,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
         quarantine_after: int = 3,
         mirror_dir: str = "gate-mirror.git",
         health_builders: Iterable[str] = (),
+        pool_workers: dict[str, str] | None = None,
+        offline_after: float = 600,
         **kwargs: Any,
     ) -> None:
         from buildbot import config
@@ -140,6 +148,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
             config.error(f"GateScheduler: fetch_interval must be > 0, got {fetch_interval}")
         if quarantine_after < 1:
             config.error(f"GateScheduler: quarantine_after must be >= 1, got {quarantine_after}")
+        if offline_after <= 0:
+            config.error(f"GateScheduler: offline_after must be > 0, got {offline_after}")
 
     async def reconfigService(  # type: ignore[override]
         self,
@@ -153,6 +163,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
         quarantine_after: int = 3,
         mirror_dir: str = "gate-mirror.git",
         health_builders: Iterable[str] = (),
+        pool_workers: dict[str, str] | None = None,
+        offline_after: float = 600,
         **kwargs: Any,
     ) -> None:
         await super().reconfigService(builderNames=builderNames, **kwargs)
@@ -165,6 +177,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
         self.quarantine_after = quarantine_after
         self.mirror_dir = mirror_dir
         self.health_builders = set(health_builders) or set(builderNames)
+        self.pool_workers = dict(pool_workers or {})
+        self.offline_after = offline_after
         if self.health is not None:
             self.health.quarantine_after = quarantine_after
         if self.active and self.policy is not None:  # pools may have come or gone
@@ -187,6 +201,10 @@ class GateScheduler(ReconfigurableBaseScheduler):
         self._consumers.append(
             await self.master.mq.startConsuming(self._build_finished, ("builds", None, "finished"))
         )
+        for event in ("connected", "disconnected"):
+            self._consumers.append(
+                await self.master.mq.startConsuming(self._worker_changed, ("workers", None, event))
+            )
         await self.startConsumingChanges()
         await self._lock.run(self._startup_async)
         self._timer = task.LoopingCall(self._poll)
@@ -240,6 +258,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
             log.msg(f"gate: {e}")
         await self._finish_outbox()
         await self._count_missed_builds()
+        await self._read_connections()
         events: list[Event] = await self._reconcile()
         events.extend(self._pool_events())
         promoting = self.policy.to_state().get("promoting") if self.policy else None
@@ -288,6 +307,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
         for pool in self.pools:
             if self.health.is_quarantined(pool):
                 events.append(PoolUnavailable(pool, f"quarantined: {self.health.reason(pool)}"))
+            elif pool in self._offline:
+                events.append(PoolUnavailable(pool, self._offline_reason(pool)))
             else:
                 events.append(PoolAvailable(pool))
         known = self.policy.view()["pools"]
@@ -368,7 +389,74 @@ class GateScheduler(ReconfigurableBaseScheduler):
             return "is no longer in the lab inventory"
         if self.health.is_quarantined(pool):
             return f"was quarantined ({self.health.reason(pool)})"
+        if pool in self._offline:
+            return f"is offline ({self._offline_reason(pool)})"
         return None
+
+    # ------------------------------------------------------------------ workers online/offline
+
+    def _pool_of(self, worker: str | None) -> str | None:
+        return next((p for p, w in self.pool_workers.items() if w == worker and p in self.pools), None)
+
+    def _offline_reason(self, pool: str) -> str:
+        since = self._offline_since.get(pool)
+        when = (
+            f" since {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(since))}" if since is not None else ""
+        )
+        return f"worker {self.pool_workers.get(pool, '?')} not connected{when}"
+
+    async def _read_connections(self) -> None:
+        """At start-up: pools whose worker is not connected (yet) start their offline clock now,
+        so workers reconnecting after a master restart never cost a run."""
+        now = self._now()
+        workers = {w["name"]: w for w in await self.master.data.get(("workers",))}
+        for pool, name in self.pool_workers.items():
+            w = workers.get(name)
+            if w is None or not w.get("connected_to"):
+                self._offline_since.setdefault(pool, now)
+            else:
+                self._offline_since.pop(pool, None)
+
+    def _worker_changed(self, key, msg) -> defer.Deferred | None:
+        pool = self._pool_of(msg.get("name"))
+        if pool is None or self.policy is None:
+            return None
+        connected = bool(msg.get("connected_to")) and key[-1] == "connected"
+        d = self._lock.run(lambda: defer.ensureDeferred(self._on_worker_changed(pool, connected)))
+        d.addErrback(log.err, "gate: handling a worker (dis)connection")
+        return d
+
+    async def _on_worker_changed(self, pool: str, connected: bool) -> None:
+        if not connected:
+            self._offline_since.setdefault(pool, self._now())
+            return  # a blip or a reboot: the pool stays usable for ``offline_after``
+        self._offline_since.pop(pool, None)
+        if pool in self._offline:
+            self._offline.discard(pool)
+            log.msg(f"gate: pool {pool}: worker {self.pool_workers.get(pool)} connected again, back in use")
+            assert self.health is not None
+            if not self.health.is_quarantined(pool):
+                await self._process([PoolAvailable(pool, self._now())])
+
+    async def _check_offline(self) -> None:
+        """Pools whose worker has been disconnected for ``offline_after`` s take no more runs
+        (``PoolUnavailable``) until it connects again; then ``_release_stranded`` moves a run
+        waiting for one to another pool."""
+        now = self._now()
+        gone = [
+            p
+            for p, since in sorted(self._offline_since.items())
+            if p not in self._offline and p in self.pools and now - since >= self.offline_after
+        ]
+        assert self.health is not None
+        for pool in gone:
+            self._offline.add(pool)
+            reason = self._offline_reason(pool)
+            log.msg(f"gate: pool {pool} OFFLINE: {reason}; no runs until it connects again")
+        # (a quarantined pool is unavailable already, and the view keeps saying why)
+        tell = [p for p in gone if not self.health.is_quarantined(p)]
+        if tell:
+            await self._process([PoolUnavailable(p, self._offline_reason(p), now) for p in tell])
 
     async def _release_stranded(self) -> None:
         """End the gate runs that wait for a pool which will never take them. A build that ends
@@ -439,6 +527,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         await self._refresh()
         if self.policy is None:
             return
+        await self._check_offline()
         await self._release_stranded()
         wake = self.policy.wake_at()
         if wake is not None and self._now() >= wake:
@@ -652,7 +741,12 @@ class GateScheduler(ReconfigurableBaseScheduler):
             raise ValueError(f"unknown pool {pool!r} (pools: {', '.join(self.pools)})")
         was = self.health.release(pool)
         log.msg(f"gate: pool {pool} returned to service" + ("" if was else " (it was not quarantined)"))
-        await self._process([PoolAvailable(pool, self._now())])
+        if pool in self._offline:
+            reason = self._offline_reason(pool)
+            log.msg(f"gate: pool {pool} takes runs once its worker connects ({reason})")
+            await self._process([PoolUnavailable(pool, reason, self._now())])
+        else:
+            await self._process([PoolAvailable(pool, self._now())])
         return was
 
     # ------------------------------------------------------------------ decisions

@@ -110,7 +110,8 @@ def gate_view(master_sha: str, good: str, culprit: str, after: str) -> dict:
                 "state": "unavailable",
                 "run_id": None,
                 "commit": None,
-                "reason": "BMC 127.0.0.1:16021 timeout",
+                "reason": "quarantined: 3 consecutive infrastructure failures"
+                " (last: BMC 127.0.0.1:16021 timeout)",
             },
         },
         "promotions": [
@@ -147,7 +148,18 @@ def test_the_status_line_says_what_the_gate_is_doing_and_what_needs_a_human():
     html = render_gate(v, [], ["pool1", "pool2"])
     assert "bisecting" in _status(html) and "after g1 up to c2" in _status(html)
     attention = html.split('id="attention"')[1].split("</div>")[0]
-    assert "pool pool2 quarantined: BMC 127.0.0.1:16021 timeout" in attention
+    assert "pool pool2 quarantined: 3 consecutive infrastructure failures (last: BMC" in attention
+    assert "quarantined: quarantined" not in attention
+    v["pools"]["pool1"] = {
+        "state": "unavailable",
+        "run_id": None,
+        "reason": "worker pool1-qavm not connected since 2026-11-26 06:05 UTC",
+    }
+    html = render_gate(v, [], ["pool1", "pool2"])
+    attention = html.split('id="attention"')[1].split("</div>")[0]
+    assert "pool pool1 offline: worker pool1-qavm not connected since 2026-11-26 06:05 UTC" in attention
+    assert "offline" in html.split('id="pools"')[1].split("</table>")[0]
+    v["pools"]["pool1"] = {"state": "idle", "run_id": None, "reason": None}
 
     v["pools"]["pool2"]["state"] = "idle"
     v["interval"], v["runs"] = None, [{"run_id": "r3", "commit": "a3", "pool": "pool1", "kind": "tip"}]

@@ -112,6 +112,8 @@ class GateHealthCase(SchedulerMixin, StateTestMixin, TestReactorMixin, unittest.
             gate=Gate(confirm_runs=1),
             quarantine_after=2,
             health_builders=list(health_builders),
+            pool_workers={"pool1": "pool1-qavm", "pool2": "pool2-qavm"},
+            offline_after=600,
         )
         if first:
             yield self.attachScheduler(sched, 19, 9, overrideBuildsetMethods=True, createBuilderDB=True)
@@ -181,6 +183,51 @@ class GateHealthTests(GateHealthCase):
         yield self.finish(3, RETRY, "pool2")
         health = yield self.sched.getState("health")
         self.assertEqual(health["failures"]["pool2"], 1)
+
+    @defer.inlineCallbacks
+    def pool_state(self, pool: str):
+        view = yield self.sched.getState("view")
+        return view["pools"][pool]["state"], view["pools"][pool]["reason"]
+
+    @defer.inlineCallbacks
+    def test_a_pool_whose_worker_stays_disconnected_is_offline_until_it_connects(self):
+        for pool in ("pool1", "pool2"):
+            yield self.sched._on_worker_changed(pool, True)
+        yield self.sched._on_worker_changed("pool2", False)
+        self.reactor.advance(599)
+        yield self.sched._check_offline()
+        self.assertNotEqual((yield self.pool_state("pool2"))[0], "unavailable")  # a reboot: in use
+        self.reactor.advance(1)
+        yield self.sched._check_offline()
+        state, reason = yield self.pool_state("pool2")
+        self.assertEqual(state, "unavailable")
+        self.assertRegex(reason, r"^worker pool2-qavm not connected since \d{4}-\d\d-\d\d \d\d:\d\d UTC$")
+        self.assertNotEqual((yield self.pool_state("pool1"))[0], "unavailable")
+        yield self.sched._on_worker_changed("pool2", True)
+        state, reason = yield self.pool_state("pool2")
+        self.assertNotEqual(state, "unavailable")
+        self.assertEqual(reason, "")
+
+    @defer.inlineCallbacks
+    def test_an_offline_pool_keeps_its_quarantine_reason_and_a_release_does_not_make_it_usable(self):
+        for pool in ("pool1", "pool2"):
+            yield self.sched._on_worker_changed(pool, True)
+        yield self.finish(1, EXCEPTION, "pool2")
+        yield self.finish(2, EXCEPTION, "pool2")  # quarantined
+        yield self.sched._on_worker_changed("pool2", False)
+        self.reactor.advance(600)
+        yield self.sched._check_offline()
+        state, reason = yield self.pool_state("pool2")
+        self.assertEqual(state, "unavailable")
+        self.assertTrue(reason.startswith("quarantined: 2 consecutive"), reason)
+        yield self.sched.release_pool("pool2")  # released while its QA VM is down
+        state, reason = yield self.pool_state("pool2")
+        self.assertEqual(state, "unavailable")
+        self.assertTrue(reason.startswith("worker pool2-qavm not connected since"), reason)
+        yield self.sched._on_worker_changed("pool2", True)
+        state, reason = yield self.pool_state("pool2")
+        self.assertNotEqual(state, "unavailable")
+        self.assertEqual(reason, "")
 
 
 class HealthCatchUpAfterRestart(GateHealthCase):
