@@ -84,7 +84,11 @@ def builders(settings: Settings, inventory: Inventory, local_worker: str) -> lis
             name=TRY_BUILDER,
             workernames=pool_workers,
             factory=bvt_factory(settings, inventory),
-            nextWorker=next_worker,
+            # only pools the gate left idle: gate runs go first, also against a try build
+            # that would start in the moment between a gate build's end and the gate's next run
+            nextWorker=make_next_worker(
+                is_quarantined=pool_health.is_quarantined, may_take=pool_health.may_lend
+            ),
             collapseRequests=False,
             tags=["try"],
             description="A developer's patch through the same BVT; never promoted",

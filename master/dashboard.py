@@ -250,7 +250,7 @@ class GatePage:
         else:
             state, text = "green", "Green: master is the staging tip"
         for p in self.pools():
-            if p["state"] == "unavailable":
+            if p["state"] == "unavailable" and p["label"] != "lent":
                 why = (p["reason"] or "").removeprefix("quarantined: ") or "no reason recorded"
                 attention.append(f"pool {p['name']} {p['label']}: {why}")
         return {"state": state, "text": text, "attention": attention}
@@ -285,11 +285,14 @@ class GatePage:
 
 def _pool_label(state: str, reason: str | None) -> str:
     """What an unavailable pool is, from the gate's reason: quarantined (infrastructure
-    failures), offline (its worker not connected) or unavailable (e.g. gone from the inventory)."""
+    failures), offline (its worker not connected), lent (running a try build) or unavailable
+    (e.g. gone from the inventory)."""
     if state != "unavailable":
         return state
     if (reason or "").startswith("quarantined"):
         return "quarantined"
+    if (reason or "").startswith("running "):
+        return "lent"  # running a try build: the gate's again when it ends
     return "offline" if (reason or "").startswith("worker ") else "unavailable"
 
 

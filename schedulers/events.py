@@ -58,11 +58,14 @@ class PoolAvailable:
 
 @dataclass(frozen=True)
 class PoolUnavailable:
-    """A pool was quarantined or taken away (runs on it are not cancelled by this event)."""
+    """A pool was quarantined or taken away (runs on it are not cancelled by this event), or is
+    ``lent``: its one build slot runs other work for a while (a try build), so a run the gate
+    gave it cannot have started; that run is cancelled and planned again, never counted."""
 
     pool: str
     reason: str = ""
     now: float = 0.0
+    lent: bool = False
 
 
 @dataclass(frozen=True)

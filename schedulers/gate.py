@@ -114,6 +114,9 @@ class GateScheduler(ReconfigurableBaseScheduler):
         # policy was told are unavailable for it (after ``offline_after``)
         self._offline_since: dict[str, float] = {}
         self._offline: set[str] = set()
+        # pool -> (buildid, what) of the other BVT build (a try) running on it: lent
+        self._lent: dict[str, tuple[int, str]] = {}
+        self._idle: frozenset[str] = frozenset()  # pools the policy left idle at its last decision
         self._poll_queued = False
         self._unreachable = False  # the last fetch failed (alerted once)
         # the current promotion-rejection episode: [commit, alert message] (alerted once), or None
@@ -201,6 +204,9 @@ class GateScheduler(ReconfigurableBaseScheduler):
         self._consumers.append(
             await self.master.mq.startConsuming(self._build_finished, ("builds", None, "finished"))
         )
+        self._consumers.append(
+            await self.master.mq.startConsuming(self._build_started, ("builds", None, "new"))
+        )
         for event in ("connected", "disconnected"):
             self._consumers.append(
                 await self.master.mq.startConsuming(self._worker_changed, ("workers", None, event))
@@ -223,6 +229,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         await self._lock.run(lambda: defer.succeed(None))
         if pool_health.current() is self.health:
             pool_health.register(None)
+            pool_health.set_idle(None)
 
     def _load_state_async(self) -> defer.Deferred:
         return defer.ensureDeferred(self._load_state())
@@ -259,6 +266,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         await self._finish_outbox()
         await self._count_missed_builds()
         await self._read_connections()
+        await self._read_lent()
         events: list[Event] = await self._reconcile()
         events.extend(self._pool_events())
         promoting = self.policy.to_state().get("promoting") if self.policy else None
@@ -305,12 +313,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         assert self.policy is not None and self.health is not None
         events: list[Event] = []
         for pool in self.pools:
-            if self.health.is_quarantined(pool):
-                events.append(PoolUnavailable(pool, f"quarantined: {self.health.reason(pool)}"))
-            elif pool in self._offline:
-                events.append(PoolUnavailable(pool, self._offline_reason(pool)))
-            else:
-                events.append(PoolAvailable(pool))
+            events.append(self._pool_event(pool))
         known = self.policy.view()["pools"]
         for pool, p in known.items():
             if pool not in self.pools and p["state"] != "unavailable":
@@ -381,6 +384,19 @@ class GateScheduler(ReconfigurableBaseScheduler):
         self._runs[run_id] = {"bsid": bsid, "brid": brs[0].buildrequestid if brs else None}
         log.msg(f"gate: run {run_id} of {_short(commit)}: adopted buildset {bsid} created before the restart")
         return self._runs[run_id]
+
+    def _pool_event(self, pool: str) -> Event:
+        """What the policy should know of ``pool`` now: quarantined, offline, lent to a try
+        build, or available."""
+        assert self.health is not None
+        now = self._now()
+        if self.health.is_quarantined(pool):
+            return PoolUnavailable(pool, f"quarantined: {self.health.reason(pool)}", now)
+        if pool in self._offline:
+            return PoolUnavailable(pool, self._offline_reason(pool), now)
+        if pool in self._lent:
+            return PoolUnavailable(pool, f"running {self._lent[pool][1]}", now, lent=True)
+        return PoolAvailable(pool, now)
 
     def _unusable(self, pool: str) -> str | None:
         """Why ``pool`` can take no build (quarantined, or gone from the inventory); None if it can."""
@@ -495,6 +511,55 @@ class GateScheduler(ReconfigurableBaseScheduler):
         for run_id, _, brids in stranded:
             for brid in brids:
                 await self._cancel_request(brid, run_id, "its pool can take no build")
+
+    # ------------------------------------------------------------------ pools lent to try builds
+
+    @property
+    def _lenders(self) -> set[str]:
+        """The other BVT builders (try): their builds take a pool's one slot for a while."""
+        return self.health_builders - set(self.builderNames)
+
+    async def _lender_build(self, buildid: int, builderid: int, workerid: int | None, number) -> None:
+        """If build ``buildid`` runs on a pool for another BVT builder (a try): that pool is lent."""
+        builder = await self.master.data.get(("builders", builderid))
+        if not builder or builder["name"] not in self._lenders or workerid is None:
+            return
+        worker = await self.master.data.get(("workers", workerid))
+        pool = self._pool_of(worker["name"] if worker else None)
+        if pool is not None:
+            self._lent[pool] = (buildid, f"{builder['name']} build #{number}")
+
+    async def _read_lent(self) -> None:
+        """At start-up: the pools running a try build (a restart does not stop them for good:
+        Buildbot runs an interrupted one again)."""
+        self._lent = {}
+        for name in sorted(self._lenders):
+            builderid = await self.master.db.builders.findBuilderId(name, autoCreate=False)
+            if builderid is None:
+                continue
+            for b in await self.master.db.builds.getBuilds(builderid=builderid, complete=False):
+                await self._lender_build(b.id, builderid, b.workerid, b.number)
+
+    def _build_started(self, key, msg) -> defer.Deferred | None:
+        if self.policy is None or msg.get("builderid") is None:
+            return None
+        d = self._lock.run(lambda: defer.ensureDeferred(self._on_build_started(msg)))
+        d.addErrback(log.err, "gate: a build started")
+        return d
+
+    async def _on_build_started(self, msg: dict) -> None:
+        before = dict(self._lent)
+        await self._lender_build(msg["buildid"], msg["builderid"], msg.get("workerid"), msg.get("number"))
+        for pool in self._lent.keys() - before.keys():
+            log.msg(f"gate: pool {pool} lent to {self._lent[pool][1]}: no gate run there until it ends")
+            await self._process([self._pool_event(pool)])
+
+    async def _end_lending(self, buildid: int) -> None:
+        pool = next((p for p, (b, _) in self._lent.items() if b == buildid), None)
+        if pool is None:
+            return
+        log.msg(f"gate: pool {pool}: {self._lent.pop(pool)[1]} ended, the pool is the gate's again")
+        await self._process([self._pool_event(pool)])
 
     # ------------------------------------------------------------------ inputs
 
@@ -640,25 +705,28 @@ class GateScheduler(ReconfigurableBaseScheduler):
         """Every finished BVT build (gate and try) tells on its pool's health; not a build the
         master's own shutdown stopped (``buildbot stop``/``restart`` ends running builds as
         RETRY and Buildbot runs them again after the start): a restart is not the pool's fault."""
-        if self.health is None or msg.get("results") == CANCELLED:
+        if self.health is None:
             return None
-        if msg.get("results") == RETRY and getattr(
-            getattr(self.master, "botmaster", None), "shuttingDown", False
-        ):
-            log.msg(
-                f"gate: build {msg.get('buildid')} stopped by the master's shutdown (RETRY): not"
-                " counted against its pool; Buildbot runs it again after the restart"
-            )
+        lent = any(b == msg.get("buildid") for b, _ in self._lent.values())
+        count = msg.get("results") != CANCELLED
+        if count and msg.get("results") == RETRY:
+            if getattr(getattr(self.master, "botmaster", None), "shuttingDown", False):
+                log.msg(
+                    f"gate: build {msg.get('buildid')} stopped by the master's shutdown (RETRY): not"
+                    " counted against its pool; Buildbot runs it again after the restart"
+                )
+                count = False
+        if not (count or lent):
             return None
-        d = self._lock.run(lambda: defer.ensureDeferred(self._on_build_finished(msg)))
+        d = self._lock.run(lambda: defer.ensureDeferred(self._on_build_finished(msg, count)))
         d.addErrback(log.err, "gate: recording pool health")
         return d
 
-    async def _on_build_finished(self, msg: dict) -> None:
+    async def _on_build_finished(self, msg: dict, count: bool = True) -> None:
         builder = await self.master.data.get(("builders", msg["builderid"]))
-        if not builder or builder["name"] not in self.health_builders:
-            return
-        await self._count_build(msg["buildid"], msg.get("results"), self._now(), live=True)
+        if count and builder and builder["name"] in self.health_builders:
+            await self._count_build(msg["buildid"], msg.get("results"), self._now(), live=True)
+        await self._end_lending(msg["buildid"])
 
     async def _count_build(self, buildid: int, results: int | None, at: float, live: bool) -> bool:
         """Record one finished BVT build of a health builder on its pool's health, once.
@@ -775,6 +843,20 @@ class GateScheduler(ReconfigurableBaseScheduler):
                 else:
                     await self._act(a)
         await self._save()
+        self._lend_idle_pools()
+
+    def _lend_idle_pools(self) -> None:
+        """Publish the pools this decision left idle: only those may run a try build (workers/
+        health.py ``may_lend``). When one became idle, the try builders look again at once."""
+        assert self.policy is not None
+        idle = frozenset(p for p, st in self.policy.pool_states().items() if st == "idle" and p in self.pools)
+        pool_health.set_idle(idle)
+        if idle - self._idle:
+            botmaster = getattr(self.master, "botmaster", None)
+            for name in sorted(self._lenders):
+                if hasattr(botmaster, "maybeStartBuildsForBuilder"):
+                    botmaster.maybeStartBuildsForBuilder(name)
+        self._idle = idle
 
     async def _save_policy(self) -> None:
         assert self.policy is not None

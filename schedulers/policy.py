@@ -188,7 +188,10 @@ class GatePolicy:
             self._on_pool_available(event)
         elif isinstance(event, PoolUnavailable):
             p = self._s["pools"].setdefault(event.pool, {"state": "idle", "run_id": None, "reason": ""})
+            if event.lent and p["run_id"] is not None and p["run_id"] in self._s["runs"]:
+                self._cancel(p["run_id"], f"pool {event.pool} is running other work: planned again", out)
             p["state"], p["reason"] = "unavailable", event.reason
+            p["lent"] = event.lent
         elif isinstance(event, Promoted):
             self._on_promoted(event, out)
         elif isinstance(event, Tick):
@@ -215,6 +218,10 @@ class GatePolicy:
         if not d or at is None or not isinstance(g.get("alerted"), str):
             return None
         return at + REALERT_WAIT_RUNS * sum(d) / len(d)
+
+    def pool_states(self) -> dict[str, str]:
+        """pool -> idle / busy / unavailable (cheap: for the driver after every decision)."""
+        return {name: p["state"] for name, p in self._s["pools"].items()}
 
     def to_state(self) -> dict:
         """A JSON-serialisable snapshot; ``GatePolicy(config, state)`` resumes from it exactly."""
@@ -486,14 +493,17 @@ class GatePolicy:
 
     def _on_pool_available(self, ev: PoolAvailable) -> None:
         p = self._s["pools"].setdefault(ev.pool, {"state": "idle", "run_id": None, "reason": ""})
+        lent = p.pop("lent", False)
         was_unavailable = p["state"] == "unavailable"
         if p["run_id"] is None:
             p["state"] = "idle"
         elif was_unavailable:
             p["state"] = "busy"
         p["reason"] = ""
-        if was_unavailable:
-            self._s["stalled"] = []  # a pool came back: give stalled commits another chance
+        if was_unavailable and not lent:
+            # a pool came back (not one that ran a try build meanwhile): give stalled commits
+            # another chance
+            self._s["stalled"] = []
             self._s["inconclusive"] = {}
 
     def _on_staging(self, ev: StagingUpdated, out: list[Action]) -> None:

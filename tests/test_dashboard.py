@@ -159,6 +159,10 @@ def test_the_status_line_says_what_the_gate_is_doing_and_what_needs_a_human():
     attention = html.split('id="attention"')[1].split("</div>")[0]
     assert "pool pool1 offline: worker pool1-qavm not connected since 2026-11-26 06:05 UTC" in attention
     assert "offline" in html.split('id="pools"')[1].split("</table>")[0]
+    v["pools"]["pool1"] = {"state": "unavailable", "run_id": None, "reason": "running try-bvt build #4"}
+    html = render_gate(v, [], ["pool1", "pool2"])
+    assert "pool1" not in html.split('id="attention"')[1].split("</div>")[0]  # lent: nothing wrong
+    assert "lent" in html.split('id="pools"')[1].split("</table>")[0]
     v["pools"]["pool1"] = {"state": "idle", "run_id": None, "reason": None}
 
     v["pools"]["pool2"]["state"] = "idle"

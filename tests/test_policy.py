@@ -475,6 +475,28 @@ def test_retry_goes_to_another_pool():
     assert (retry.commit, retry.kind, retry.pool) == ("b", "retry", "p2")
 
 
+def test_a_run_on_a_pool_lent_to_a_try_build_is_planned_again_elsewhere_and_never_counted():
+    """A try build took the pool's one slot before the gate's request for it was served: the
+    run cannot have started, so it is cancelled (no inconclusive count) and started on another
+    pool; the pool's return does not re-try stalled commits (it was only lent)."""
+    p = GatePolicy(PolicyConfig(speculate=False, max_inconclusive_retries=0))
+    p.handle(StagingUpdated("m", ("a", "b")))
+    (run,) = p.handle(PoolAvailable("p1"))
+    acts = p.handle(PoolUnavailable("p1", "running try-bvt build #3", lent=True))
+    assert acts == [CancelRun(run.run_id, "pool p1 is running other work: planned again")]
+    assert p.view()["pools"]["p1"]["state"] == "unavailable"
+    (again,) = p.handle(PoolAvailable("p2"))
+    assert (again.commit, again.pool) == ("b", "p2")
+    # with no retry allowed, an inconclusive run stalls "b"; p1 coming back from a loan does
+    # not give it another chance (a pool returning from quarantine would)
+    acts = p.handle(RunFinished(again.run_id, "inconclusive", reason="lost worker"))
+    assert [a.kind for a in acts if isinstance(a, Alert)] == ["retries-exhausted"]
+    assert not any(isinstance(a, StartRun) for a in p.handle(PoolAvailable("p1")))
+    p.handle(PoolUnavailable("p1", "quarantined: 3 consecutive infrastructure failures"))
+    (retried,) = [a for a in p.handle(PoolAvailable("p1")) if isinstance(a, StartRun)]
+    assert retried.commit == "b"
+
+
 def test_staging_force_push_and_master_moved_alert_and_replan():
     p = GatePolicy(PolicyConfig(speculate=False))
     p.handle(StagingUpdated("m", ("a", "b", "c")))

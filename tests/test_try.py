@@ -200,3 +200,58 @@ def test_patch_problem_names_the_reason():
     assert "binary file b/x.png" in patch_problem(hunk, 1024)
     assert "not a unified diff" in patch_problem(b"hello\n", 1024)
     assert patch_problem(b"diff --git a/x.png b/x.png\nGIT binary patch\nliteral 3\nabc\n", 1024) is None
+
+
+SLOW_SUITE = {
+    "run-tests.sh": 'sleep 8\nexec python3 -m unittest -v "$@"\n',
+    "test_app.py": "import unittest\n\n\nclass T(unittest.TestCase):\n    def test_a(self):\n        pass\n",
+}
+
+
+def test_a_running_try_build_does_not_hold_up_the_gate(tmp_path):
+    """A try build runs on pool1 (the gate's first choice) when a commit reaches staging: the
+    gate knows pool1 is lent and runs the commit on pool2 at once instead of queueing behind the
+    try build; pool1 is the gate's again once the try build ends."""
+    from tests.reliability.test_master_crash import gate_state
+
+    proj = GitProject.create(tmp_path / "repo", SLOW_SUITE)
+    dep = make_deployment(
+        tmp_path / "qa", str(proj.origin), [simple_pool("pool1", 1), simple_pool("pool2", 2)]
+    )
+    dep.start()
+    try:
+        dep.wait_workers()
+        m = dep.master
+        wait_for(lambda: (gate_state(dep) or {}).get("master"), 30, "the gate to start")
+        builders = {b["name"]: b["builderid"] for b in m.api("builders")["builders"]}
+        status, body = m.rpc(
+            "forceschedulers/force",
+            "force",
+            {"builderid": str(builders["try-bvt"]), "pool": "pool1", "reason": "a developer's try"},
+            user="admin",
+        )
+        assert status == 200, body
+
+        def lent():
+            p = (gate_state(dep) or {}).get("pools", {}).get("pool1", {})
+            return p if p.get("state") == "unavailable" else None
+
+        def trying():
+            return [b for b in m.builds() if b["builderid"] == builders["try-bvt"] and not b["complete"]]
+
+        (tried,) = wait_for(trying, 30, "the try build running")
+        tip = proj.commit("change 1", {"notes/1.txt": "1\n"})
+        proj.push_staging()
+        wait_for(lambda: proj.head("master") == tip, 60, "the commit promoted")
+        gated = [b for b in m.builds() if b["builderid"] == builders["gate-bvt"]]
+        (tried,) = [b for b in m.builds() if b["builderid"] == builders["try-bvt"]]
+        assert gated and all(b["workerid"] != tried["workerid"] for b in gated), (tried, gated)
+        # the gate did not wait for the try build: its run started while the try still ran
+        assert tried["complete_at"] is None or min(b["started_at"] for b in gated) < tried["complete_at"]
+        log = m.basedir / "twistd.log"
+        assert "gate: pool pool1 lent to try-bvt build #1: no gate run there" in log.read_text()
+        wait_for(lambda: m.api(f"builds/{tried['buildid']}")["builds"][0]["complete"], 60, "the try build")
+        wait_for(lambda: not lent(), 10, "pool1 back with the gate")
+        assert "gate: pool pool1: try-bvt build #1 ended, the pool is the gate's again" in log.read_text()
+    finally:
+        dep.stop()

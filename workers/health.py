@@ -120,3 +120,20 @@ def is_quarantined(pool: str) -> bool:
     """Whether the running gate has ``pool`` in quarantine (False before the gate is active)."""
     h = _current
     return h is not None and h.is_quarantined(pool)
+
+
+# The pools the running gate left idle after its last decision: the only ones other BVT
+# builders (try) may take, so a try build never takes a pool the gate is about to use and the
+# gate never waits for a try build it could have avoided. None: no gate active (any pool).
+_idle: frozenset[str] | None = None
+
+
+def set_idle(pools) -> None:
+    global _idle
+    _idle = None if pools is None else frozenset(pools)
+
+
+def may_lend(pool: str) -> bool:
+    """Whether a non-gate BVT build (a try) may take ``pool`` now."""
+    idle = _idle
+    return idle is None or pool in idle
