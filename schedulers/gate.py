@@ -185,7 +185,15 @@ class GateScheduler(ReconfigurableBaseScheduler):
         if self.health is not None:
             self.health.quarantine_after = quarantine_after
         if self.active and self.policy is not None:  # pools may have come or gone
-            await self._lock.run(self._process_async, self._pool_events())
+            await self._lock.run(lambda: defer.ensureDeferred(self._pools_reconfigured()))
+
+    async def _pools_reconfigured(self) -> None:
+        """After a reconfig: a new pool whose worker is not connected starts its offline clock
+        (it must not take runs it would never start), removed pools become unavailable, and a
+        run waiting for one of them moves to another pool."""
+        await self._read_connections()
+        await self._process(self._pool_events())
+        await self._release_stranded()
 
     # ------------------------------------------------------------------ activation
 

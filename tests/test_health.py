@@ -229,6 +229,38 @@ class GateHealthTests(GateHealthCase):
         self.assertNotEqual(state, "unavailable")
         self.assertEqual(reason, "")
 
+    @defer.inlineCallbacks
+    def test_a_pool_added_by_a_reconfig_whose_worker_never_connects_goes_offline(self):
+        yield self.master.db.insert_test_data(
+            [
+                *[fakedb.Worker(id=i, name=f"pool{i}-qavm") for i in (1, 2)],
+                *[
+                    fakedb.ConnectedWorker(id=i, workerid=i, masterid=fakedb.FakeDBConnector.MASTER_ID)
+                    for i in (1, 2)
+                ],
+            ]
+        )
+        for pool in ("pool1", "pool2"):
+            yield self.sched._on_worker_changed(pool, True)
+        self.sched.active = True  # (a real master's ClusteredService sets it when it activates)
+        yield self.sched.reconfigService(
+            builderNames=["gate-bvt"],
+            repo_url="/srv/origin.git",
+            pools=["pool1", "pool2", "pool3"],
+            gate=Gate(confirm_runs=1),
+            quarantine_after=2,
+            health_builders=["gate-bvt", "try-bvt"],
+            pool_workers={"pool1": "pool1-qavm", "pool2": "pool2-qavm", "pool3": "pool3-qavm"},
+            offline_after=600,
+        )
+        self.assertNotEqual((yield self.pool_state("pool3"))[0], "unavailable")
+        self.reactor.advance(600)
+        yield self.sched._check_offline()
+        state, reason = yield self.pool_state("pool3")
+        self.assertEqual(state, "unavailable")
+        self.assertTrue(reason.startswith("worker pool3-qavm not connected since"), reason)
+        self.assertNotEqual((yield self.pool_state("pool1"))[0], "unavailable")
+
 
 class HealthCatchUpAfterRestart(GateHealthCase):
     """A master killed between a build's end and its health record: the restarted gate counts
