@@ -658,6 +658,7 @@ class GatePolicy:
                 "kind": run["kind"],
                 "tests": run["tests"],
                 "flake": False,
+                "pool": run["pool"],
             }
         )
         # an earlier failure is a flake once a run covering its tests does not fail them: a
@@ -1051,7 +1052,7 @@ class GatePolicy:
                     for mi, human in marks  # a blame at the tip: its revert lands above
                 )
                 if told and 0 < fails <= cfg.confirmations and not any(r["outcome"] == "pass" for r in rs):
-                    self._start(cand[tip], free.pop(0), "confirm", None, out)
+                    self._start(cand[tip], self._other_pool(cand[tip], free), "confirm", None, out)
             return
 
         if bad is None:  # work-conserving: an idle pool tests an untested tip at once; the
@@ -1094,7 +1095,18 @@ class GatePolicy:
         for _ in range(max(0, 1 + self.config.confirmations - fails - running)):
             if not free or sha in stalled:
                 break
-            self._start(sha, free.pop(0), "confirm", tests, out)
+            self._start(sha, self._other_pool(sha, free), "confirm", tests, out)
+
+    def _other_pool(self, sha: str, free: list[str]) -> str:
+        """Take a free pool for a confirmation of ``sha``, preferring one that did not fail it:
+        a failure only one pool reproduces (a broken hypervisor, a bad disk) is then not
+        confirmed by that pool again and never blames the commit."""
+        s = self._s
+        seen = {r.get("pool") for r in s["results"].get(sha, []) if r["outcome"] == "fail"}
+        seen |= {r["pool"] for r in s["runs"].values() if r["commit"] == sha}
+        pool = next((p for p in free if p not in seen), free[0])
+        free.remove(pool)
+        return pool
 
     def _test_failures(self, sha: str, within: set[str] | None) -> tuple[dict[str, int], list[dict]]:
         """Per failing test (of ``within``, if given): in how many runs at ``sha`` it failed,

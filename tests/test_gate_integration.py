@@ -15,7 +15,7 @@ from collections import Counter
 
 from buildbot.process.results import CANCELLED, RETRY
 
-from tests.support.procs import GitProject, gate_builds, make_deployment, simple_pool, wait_for
+from tests.support.procs import GitProject, gate_builds, make_deployment, simple_pool, wait_for, wait_promoted
 
 RUN_TESTS = 'exec python3 -m unittest -v "$@"\n'
 TEST_APP = """\
@@ -44,10 +44,10 @@ def _view(dep) -> dict | None:
     return json.loads(row[0]) if row else None
 
 
-def test_gate_bisects_blames_survives_sigkill_and_promotes_the_fix(tmp_path):
-    proj = GitProject.create(
-        tmp_path / "repo", {"run-tests.sh": RUN_TESTS, "test_app.py": TEST_APP, "value.txt": "ok\n"}
-    )
+def _two_pool_gate(tmp_path, files: dict[str, str]):
+    """A started deployment with pools pool1 and pool2 gating a new project of ``files``
+    (1 confirmation, hold), once the gate runs."""
+    proj = GitProject.create(tmp_path / "repo", files)
     dep = make_deployment(
         tmp_path / "qa",
         str(proj.origin),
@@ -57,9 +57,20 @@ def test_gate_bisects_blames_survives_sigkill_and_promotes_the_fix(tmp_path):
     dep.start()
     try:
         dep.wait_workers()
-        m = dep.master
         initial = proj.head("master")
         wait_for(lambda: (_view(dep) or {}).get("master") == initial, 30, "the gate to start")
+    except BaseException:
+        dep.stop()
+        raise
+    return proj, dep
+
+
+def test_gate_bisects_blames_survives_sigkill_and_promotes_the_fix(tmp_path):
+    proj, dep = _two_pool_gate(
+        tmp_path, {"run-tests.sh": RUN_TESTS, "test_app.py": TEST_APP, "value.txt": "ok\n"}
+    )
+    try:
+        m = dep.master
 
         shas = []
         for i in range(1, 9):
@@ -130,5 +141,41 @@ def test_gate_bisects_blames_survives_sigkill_and_promotes_the_fix(tmp_path):
         assert re.search(
             r"gate: run r\d+ of \w+ (still pending/running|finished while the master|finished \(build)", log
         )
+    finally:
+        dep.stop()
+
+
+BROKEN_POOL_TEST_APP = """\
+import os
+import unittest
+
+
+class AppTests(unittest.TestCase):
+    def test_always(self):
+        self.assertTrue(True)
+
+    def test_storage(self):  # pool1's hosts are broken: this test fails on pool1 whatever the commit
+        self.assertNotIn("pool1-qavm", os.getcwd(), "pool1's primary storage is broken")
+"""
+
+
+def test_a_failure_only_one_pool_reproduces_blames_nobody(tmp_path):
+    """pool1 fails ``test_storage`` for every commit (a broken host: the lab's fault, not the
+    commit's). The tip's run lands on pool1 (both pools idle: the first) and fails; its
+    confirmation goes to pool2, which passes it: a flake, nobody blamed, the commit promoted.
+    Confirmed on pool1 again, the innocent commit would have been blamed."""
+    proj, dep = _two_pool_gate(tmp_path, {"run-tests.sh": RUN_TESTS, "test_app.py": BROKEN_POOL_TEST_APP})
+    try:
+        m = dep.master
+        tip = proj.commit("change 1", {"notes/1.txt": "1\n"}, author="Dev1 <dev1@example.org>")
+        proj.push_staging()
+        wait_promoted(dep, proj, tip, 90, "the commit promoted")
+        view = _view(dep)
+        assert view["culprits"] == []
+        assert [f["tests"] for f in view["flakes"]] == [["test_app.AppTests.test_storage"]]
+        runs = {b["props"]["gate_kind"]: b for b in gate_builds(dep) if b["complete"]}
+        assert runs["tip"]["props"]["pool"] == "pool1" and runs["tip"]["results"] == 2, runs
+        assert runs["confirm"]["props"]["pool"] == "pool2" and runs["confirm"]["results"] == 0, runs
+        assert "BLAME" not in (m.basedir / "twistd.log").read_text()
     finally:
         dep.stop()

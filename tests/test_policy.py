@@ -497,6 +497,30 @@ def test_a_run_on_a_pool_lent_to_a_try_build_is_planned_again_elsewhere_and_neve
     assert retried.commit == "b"
 
 
+def test_a_suspect_is_confirmed_on_another_pool_than_the_one_that_failed_it_when_one_is_free():
+    """A failure only one pool reproduces (a broken host of that pool) must not confirm itself:
+    the confirmation goes to a pool that did not fail the commit; with none free, to any."""
+    p = GatePolicy(PolicyConfig(speculate=False))
+    p.handle(StagingUpdated("m", ("b",)))
+    (tip,) = p.handle(PoolAvailable("p1"))
+    p.handle(PoolAvailable("p2"))
+    acts = p.handle(RunFinished(tip.run_id, "fail", ("test_vm",)))
+    (confirm,) = [a for a in acts if isinstance(a, StartRun)]
+    assert (confirm.commit, confirm.kind, confirm.pool) == ("b", "confirm", "p2")
+    # the other pool passes it: a flake, nobody blamed
+    acts = p.handle(RunFinished(confirm.run_id, "pass"))
+    assert not any(isinstance(a, Blame) for a in acts)
+    assert any(isinstance(a, RecordFlake) for a in acts)
+
+    q = GatePolicy(PolicyConfig(speculate=False))
+    q.handle(StagingUpdated("m", ("b",)))
+    (tip,) = q.handle(PoolAvailable("p1"))
+    (confirm,) = [
+        a for a in q.handle(RunFinished(tip.run_id, "fail", ("test_vm",))) if isinstance(a, StartRun)
+    ]
+    assert confirm.pool == "p1"  # the only pool: better than waiting
+
+
 def test_staging_force_push_and_master_moved_alert_and_replan():
     p = GatePolicy(PolicyConfig(speculate=False))
     p.handle(StagingUpdated("m", ("a", "b", "c")))

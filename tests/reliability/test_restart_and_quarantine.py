@@ -26,7 +26,7 @@ import time
 from buildbot.process.results import RETRY
 
 from tests.reliability.test_master_crash import fast_reconnect, gate_state
-from tests.support.procs import GitProject, gate_builds, make_deployment, simple_pool, wait_for
+from tests.support.procs import GitProject, gate_builds, make_deployment, simple_pool, wait_for, wait_promoted
 
 SLOW_SUITE = {
     "run-tests.sh": 'sleep 6\nexec python3 -m unittest -v "$@"\n',
@@ -84,10 +84,7 @@ def test_a_graceful_master_restart_mid_run_counts_against_no_pool(tmp_path, reli
         m.stop()
         m.start()
         dep.wait_workers(60)
-        try:
-            wait_for(lambda: proj.head("master") == tip, 120, "the tip promoted after the restart")
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n{m.log_tail(80)}") from None
+        wait_promoted(dep, proj, tip, 120, "the tip promoted after the restart")
         health = gate_state(dep, "health")
         assert health["quarantined"] == {}, health
         assert all(n == 0 for n in health["failures"].values()), health
@@ -124,10 +121,7 @@ def test_a_run_waiting_for_a_pool_quarantined_meanwhile_moves_to_another_pool(tm
         lost = build["props"]["pool"]
         other = "pool2" if lost == "pool1" else "pool1"
         next(w for w in dep.workers if w.name == f"{lost}-qavm").kill()
-        try:
-            wait_for(lambda: proj.head("master") == tip, 90, "the tip promoted on the other pool")
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n{m.log_tail(80)}") from None
+        wait_promoted(dep, proj, tip, 90, "the tip promoted on the other pool")
         health = gate_state(dep, "health")
         assert list(health["quarantined"]) == [lost], health
         log = _log(dep)
@@ -161,16 +155,12 @@ def test_a_pool_whose_worker_is_down_gets_no_run_and_is_used_again_once_it_conne
     dep.start()
     try:
         dep.wait_workers()
-        m = dep.master
         wait_for(lambda: (gate_state(dep, "view") or {}).get("master"), 30, "the gate to start")
         down = next(w for w in dep.workers if w.name == "pool1-qavm")
         down.stop()  # the QA VM of pool1 goes down (pool1 is the gate's first choice)
         first = proj.commit("change 1", {"notes/1.txt": "1\n"})
         proj.push_staging()
-        try:
-            wait_for(lambda: proj.head("master") == first, 60, "the commit promoted on pool2")
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n{m.log_tail(80)}") from None
+        wait_promoted(dep, proj, first, 60, "the commit promoted on pool2")
         log = _log(dep)
         assert "gate: pool pool1 OFFLINE: worker pool1-qavm not connected" in log
         view = gate_state(dep, "view")

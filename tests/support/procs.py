@@ -467,3 +467,11 @@ def gate_builds(dep: Deployment) -> list[dict]:
         if props.get("gate_run_id"):
             out.append({**b, "props": props})
     return out
+
+
+def wait_promoted(dep: Deployment, proj: GitProject, sha: str, timeout: float, what: str) -> None:
+    """Wait for origin's master to be ``sha``; on timeout, fail with the master's log tail."""
+    try:
+        wait_for(lambda: proj.head("master") == sha, timeout, what)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{dep.master.log_tail(80)}") from None
