@@ -130,11 +130,14 @@ class Blame:
 
 @dataclass(frozen=True)
 class RecordFlake:
-    """A failure of ``tests`` at ``commit`` did not reproduce: a flake, not the commit's fault."""
+    """A failure of ``tests`` at ``commit`` did not reproduce: a flake, not the commit's fault.
+    ``pool``: where the failing run ran (a pool whose failures others keep not reproducing is
+    broken: workers/health.py)."""
 
     commit: str
     tests: tuple[str, ...]
     run_id: str
+    pool: str = ""
 
 
 @dataclass(frozen=True)

@@ -748,7 +748,9 @@ class GateScheduler(ReconfigurableBaseScheduler):
         if not pool or pool not in self.pools:
             return False
         c = classify(results, props)
-        rec = self.health.record(pool, c.outcome == "inconclusive", c.reason, buildid=buildid, at=at)
+        rec = self.health.record(
+            pool, c.outcome == "inconclusive", c.reason, buildid=buildid, at=at, passed=c.outcome == "pass"
+        )
         if rec.quarantined:
             log.msg(f"gate: QUARANTINE pool {pool}: {rec.reason}")
             self._notify("quarantined", pool, rec.reason)
@@ -907,7 +909,16 @@ class GateScheduler(ReconfigurableBaseScheduler):
                 "blame", a.commit, a.author, list(a.failed_tests), urls, **_mail_id(rec, "blame")
             )
         elif isinstance(a, RecordFlake):
-            log.msg(f"gate: FLAKE {', '.join(a.tests) or 'tests'} at {_short(a.commit)} (run {a.run_id})")
+            log.msg(
+                f"gate: FLAKE {', '.join(a.tests) or 'tests'} at {_short(a.commit)} (run {a.run_id}"
+                + (f" on {a.pool})" if a.pool else ")")
+            )
+            if a.pool in self.pools and self.health is not None:
+                rec = self.health.record_flake(a.pool, a.tests, a.run_id)
+                if rec.quarantined:
+                    log.msg(f"gate: QUARANTINE pool {a.pool}: {rec.reason}")
+                    self._queued.append(PoolUnavailable(a.pool, f"quarantined: {rec.reason}", self._now()))
+                    return self._notify("quarantined", a.pool, rec.reason)
         elif isinstance(a, Alert):
             log.msg(f"gate: ALERT {a.kind}: {a.message}")
             return self._notify("alert", a.kind, a.message, **_mail_id(rec, "alert"))

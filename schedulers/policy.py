@@ -699,7 +699,7 @@ class GatePolicy:
         s = self._s
         r["flake"] = True
         s["stats"]["flakes"] += 1
-        out.append(RecordFlake(sha, tuple(r["failed_tests"]), r["run_id"]))
+        out.append(RecordFlake(sha, tuple(r["failed_tests"]), r["run_id"], r.get("pool") or ""))
         self._push(s["flakes"], {"commit": sha, "tests": list(r["failed_tests"]), "run_id": r["run_id"]})
 
     def _on_parent_finished(self, ev: RunFinished, run: dict, out: list[Action]) -> None:

@@ -15,7 +15,15 @@ from collections import Counter
 
 from buildbot.process.results import CANCELLED, RETRY
 
-from tests.support.procs import GitProject, gate_builds, make_deployment, simple_pool, wait_for, wait_promoted
+from tests.support.procs import (
+    GitProject,
+    gate_builds,
+    gate_state,
+    make_deployment,
+    simple_pool,
+    wait_for,
+    wait_promoted,
+)
 
 RUN_TESTS = 'exec python3 -m unittest -v "$@"\n'
 TEST_APP = """\
@@ -44,15 +52,15 @@ def _view(dep) -> dict | None:
     return json.loads(row[0]) if row else None
 
 
-def _two_pool_gate(tmp_path, files: dict[str, str]):
+def _two_pool_gate(tmp_path, files: dict[str, str], **extra):
     """A started deployment with pools pool1 and pool2 gating a new project of ``files``
-    (1 confirmation, hold), once the gate runs."""
+    (1 confirmation, hold; ``extra`` settings), once the gate runs."""
     proj = GitProject.create(tmp_path / "repo", files)
     dep = make_deployment(
         tmp_path / "qa",
         str(proj.origin),
         [simple_pool("pool1", 1), simple_pool("pool2", 2)],
-        extra={"gate": {"confirm_runs": 1, "culprit_action": "hold"}},
+        extra={"gate": {"confirm_runs": 1, "culprit_action": "hold"}, **extra},
     )
     dep.start()
     try:
@@ -164,7 +172,11 @@ def test_a_failure_only_one_pool_reproduces_blames_nobody(tmp_path):
     commit's). The tip's run lands on pool1 (both pools idle: the first) and fails; its
     confirmation goes to pool2, which passes it: a flake, nobody blamed, the commit promoted.
     Confirmed on pool1 again, the innocent commit would have been blamed."""
-    proj, dep = _two_pool_gate(tmp_path, {"run-tests.sh": RUN_TESTS, "test_app.py": BROKEN_POOL_TEST_APP})
+    proj, dep = _two_pool_gate(
+        tmp_path,
+        {"run-tests.sh": RUN_TESTS, "test_app.py": BROKEN_POOL_TEST_APP},
+        pools={"quarantine_after": 2},
+    )
     try:
         m = dep.master
         tip = proj.commit("change 1", {"notes/1.txt": "1\n"}, author="Dev1 <dev1@example.org>")
@@ -177,5 +189,22 @@ def test_a_failure_only_one_pool_reproduces_blames_nobody(tmp_path):
         assert runs["tip"]["props"]["pool"] == "pool1" and runs["tip"]["results"] == 2, runs
         assert runs["confirm"]["props"]["pool"] == "pool2" and runs["confirm"]["results"] == 0, runs
         assert "BLAME" not in (m.basedir / "twistd.log").read_text()
+
+        # pool1 keeps failing runs the other pool passes: after 2 in a row it is quarantined
+        # as broken itself, and the gate goes on with pool2 alone
+        second = proj.commit("change 2", {"notes/2.txt": "2\n"})
+        proj.push_staging()
+        wait_promoted(dep, proj, second, 90, "the second commit promoted")
+        health = gate_state(dep, "health")
+        assert health["quarantined"] == {
+            "pool1": "2 failing runs in a row that other pools did not reproduce"
+            " (last: test_app.AppTests.test_storage)"
+        }, health
+        third = proj.commit("change 3", {"notes/3.txt": "3\n"})
+        proj.push_staging()
+        wait_promoted(dep, proj, third, 60, "the third commit promoted")
+        on = [b["props"]["pool"] for b in gate_builds(dep) if b["props"]["revision"] == third]
+        assert on == ["pool2"], on
+        assert (_view(dep) or {})["culprits"] == []
     finally:
         dep.stop()

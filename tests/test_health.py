@@ -52,6 +52,30 @@ def test_quarantine_after_consecutive_infrastructure_failures():
     assert not h2.release("pool1")
 
 
+def test_quarantine_after_failing_runs_other_pools_did_not_reproduce():
+    """A pool whose failures keep turning out flakes (runs elsewhere pass those tests) is broken
+    itself; a pass on it, or a release, starts the count again; each run counts once."""
+    h = PoolHealth(3)
+    assert not h.record_flake("pool1", ("test_storage",), "r1").quarantined
+    assert not h.record_flake("pool1", ("test_storage",), "r2").quarantined
+    assert not h.record("pool1", False, passed=True).quarantined  # the pool passed a run: reset
+    assert not h.record_flake("pool1", ("test_storage",), "r3").quarantined
+    assert not h.record("pool1", False).quarantined  # a (real) failure is no pass: no reset
+    assert not h.record_flake("pool1", ("test_storage",), "r4").quarantined
+    assert not h.record_flake("pool1", ("test_storage",), "r4").quarantined  # once per run
+    assert not h.record_flake("pool2", ("test_storage",), "r5").quarantined  # per pool
+    rec = h.record_flake("pool1", ("test_storage", "test_nfs"), "r6")
+    assert rec.quarantined and rec.failures == 3
+    assert h.reason("pool1") == (
+        "3 failing runs in a row that other pools did not reproduce (last: test_storage, test_nfs)"
+    )
+    h2 = PoolHealth(3, h.to_state())  # persisted and resumed: the run ids too
+    assert h2.is_quarantined("pool1")
+    assert h2.record_flake("pool2", (), "r5").failures == 1  # r5 was counted before the restart
+    assert h2.release("pool1")
+    assert not h2.record_flake("pool1", ("test_storage",), "r7").quarantined  # counting again
+
+
 def test_next_worker_skips_a_quarantined_pool_until_released():
     h = PoolHealth(1)
     pool_health.register(h)

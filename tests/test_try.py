@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.support.procs import BIN, GitProject, make_deployment, run, simple_pool, wait_for
+from tests.support.procs import BIN, GitProject, gate_state, make_deployment, run, simple_pool, wait_for
 from tests.support.smtp import SmtpServer
 
 SUITE = {"run-tests.sh": "#!/bin/sh\necho 'ran the suite'\nexit 0\n"}
@@ -212,8 +212,6 @@ def test_a_running_try_build_does_not_hold_up_the_gate(tmp_path):
     """A try build runs on pool1 (the gate's first choice) when a commit reaches staging: the
     gate knows pool1 is lent and runs the commit on pool2 at once instead of queueing behind the
     try build; pool1 is the gate's again once the try build ends."""
-    from tests.reliability.test_master_crash import gate_state
-
     proj = GitProject.create(tmp_path / "repo", SLOW_SUITE)
     dep = make_deployment(
         tmp_path / "qa", str(proj.origin), [simple_pool("pool1", 1), simple_pool("pool2", 2)]

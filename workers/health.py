@@ -1,4 +1,5 @@
-"""Pool health: quarantine a pool after consecutive infrastructure failures.
+"""Pool health: quarantine a pool after consecutive infrastructure failures, or after failing
+runs that other pools did not reproduce (flakes of that pool) with no pass in between.
 
 Every BVT run that ends on a pool is recorded: an *inconclusive* end (``infra_failure``, lost
 worker, exception; never a cancellation) counts against the pool, any conclusive end (pass or
@@ -44,6 +45,9 @@ class PoolHealth:
         self._failures: dict[str, int] = dict(s.get("failures", {}))
         self._quarantined: dict[str, str] = dict(s.get("quarantined", {}))
         self._counted: list[int] = [int(b) for b in s.get("counted", [])]
+        # failures of runs on the pool that runs elsewhere did not reproduce, since its last pass
+        self._flakes: dict[str, int] = dict(s.get("flakes", {}))
+        self._flaked: list[str] = [str(r) for r in s.get("flaked", [])]  # gate run ids counted
         # the clock of the newest count; None: a state saved before builds were remembered
         self.since: float | None = s.get("since")
 
@@ -58,14 +62,18 @@ class PoolHealth:
         reason: str = "",
         buildid: int | None = None,
         at: float | None = None,
+        passed: bool = False,
     ) -> Recorded:
-        """One run ended on ``pool``; ``infrastructure_failure``: it could not judge the commit.
+        """One run ended on ``pool``; ``infrastructure_failure``: it could not judge the commit;
+        ``passed``: it passed (which also ends a run of flakes, :meth:`record_flake`).
         ``buildid`` and ``at`` (when it ended) make the count once-only and move ``since``."""
         if buildid is not None:
             self._counted.append(buildid)
             del self._counted[:-COUNTED]
         if at is not None:
             self.since = max(self.since or at, at)
+        if passed:
+            self._flakes[pool] = 0
         if not infrastructure_failure:
             self._failures[pool] = 0
             return Recorded(pool, 0, False)
@@ -73,6 +81,25 @@ class PoolHealth:
         self._failures[pool] = n
         if n >= self.quarantine_after and pool not in self._quarantined:
             why = f"{n} consecutive infrastructure failures (last: {reason or 'unknown'})"
+            self._quarantined[pool] = why
+            return Recorded(pool, n, True, why)
+        return Recorded(pool, n, False)
+
+    def record_flake(self, pool: str, tests, run_id: str = "") -> Recorded:
+        """A failing run on ``pool`` turned out a flake (runs elsewhere passed those tests).
+        ``quarantine_after`` of them with no pass on the pool in between: the pool itself is
+        broken (a host, a disk, a network of its own), not the commits, and is quarantined.
+        ``run_id`` makes it once-only (a restarted master may do the same decision again)."""
+        if run_id:
+            if run_id in self._flaked:
+                return Recorded(pool, self._flakes.get(pool, 0), False)
+            self._flaked.append(run_id)
+            del self._flaked[:-COUNTED]
+        n = self._flakes.get(pool, 0) + 1
+        self._flakes[pool] = n
+        if n >= self.quarantine_after and pool not in self._quarantined:
+            names = ", ".join(list(tests)[:3]) or "tests"
+            why = f"{n} failing runs in a row that other pools did not reproduce (last: {names})"
             self._quarantined[pool] = why
             return Recorded(pool, n, True, why)
         return Recorded(pool, n, False)
@@ -90,6 +117,7 @@ class PoolHealth:
     def release(self, pool: str) -> bool:
         """Return ``pool`` to service (its count starts again); False if it was not quarantined."""
         self._failures[pool] = 0
+        self._flakes[pool] = 0
         return self._quarantined.pop(pool, None) is not None
 
     def to_state(self) -> dict:
@@ -98,6 +126,8 @@ class PoolHealth:
             "failures": dict(self._failures),
             "quarantined": dict(self._quarantined),
             "counted": list(self._counted),
+            "flakes": dict(self._flakes),
+            "flaked": list(self._flaked),
             "since": self.since,
         }
 

@@ -27,7 +27,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sqlalchemy
 from buildbot.process.results import CANCELLED, FAILURE, RETRY, SUCCESS
 
 from schedulers.gate import OUTBOX_KEY
@@ -36,6 +35,7 @@ from tests.support.procs import (
     GitProject,
     Postgres,
     gate_builds,
+    gate_state,
     git,
     make_deployment,
     run,
@@ -75,33 +75,6 @@ while read old new ref; do echo "$ref $old $new" >> "$GIT_DIR/received"; done
 
 
 # ---------------------------------------------------------------------- shared helpers
-
-
-def gate_state(dep: Deployment, key: str = "view") -> dict | None:
-    """The gate scheduler's persisted object state ``key`` (SQLite or PostgreSQL)."""
-    url = _db_url(dep)
-    eng = sqlalchemy.create_engine(url)
-    try:
-        with eng.connect() as conn:
-            row = conn.execute(
-                sqlalchemy.text(
-                    "SELECT s.value_json FROM object_state s JOIN objects o ON o.id = s.objectid"
-                    " WHERE o.name = 'gate' AND o.class_name = 'GateScheduler' AND s.name = :k"
-                ),
-                {"k": key},
-            ).fetchone()
-    finally:
-        eng.dispose()
-    return json.loads(row[0]) if row else None
-
-
-def _db_url(dep: Deployment) -> str:
-    import yaml
-
-    url = yaml.safe_load(dep.master.settings.read_text())["database"]
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        url = f"sqlite:///{dep.master.basedir / url[len('sqlite:///') :]}"
-    return url
 
 
 def fast_reconnect(dep: Deployment) -> None:

@@ -25,8 +25,16 @@ import time
 
 from buildbot.process.results import RETRY
 
-from tests.reliability.test_master_crash import fast_reconnect, gate_state
-from tests.support.procs import GitProject, gate_builds, make_deployment, simple_pool, wait_for, wait_promoted
+from tests.reliability.test_master_crash import fast_reconnect
+from tests.support.procs import (
+    GitProject,
+    gate_builds,
+    gate_state,
+    make_deployment,
+    simple_pool,
+    wait_for,
+    wait_promoted,
+)
 
 SLOW_SUITE = {
     "run-tests.sh": 'sleep 6\nexec python3 -m unittest -v "$@"\n',

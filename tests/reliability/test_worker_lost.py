@@ -18,8 +18,8 @@ from buildbot.process.results import EXCEPTION, RETRY, SUCCESS
 
 from lab.simlab import SimLab
 from master.inventory import load_inventory
-from tests.reliability.test_master_crash import fast_reconnect, gate_state
-from tests.support.procs import GitProject, free_port, make_deployment, simple_pool, wait_for
+from tests.reliability.test_master_crash import fast_reconnect
+from tests.support.procs import GitProject, free_port, gate_state, make_deployment, simple_pool, wait_for
 
 SUITE = {"run-tests.sh": "#!/bin/sh\necho 'ran the suite'\nexit 0\n"}
 POOL = "lostpool"

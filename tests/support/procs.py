@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy
 import yaml
 
 from lab.pools import NO_COBBLER_URL, simple_pool  # noqa: F401  (re-exported: tests import them from here)
@@ -475,3 +476,28 @@ def wait_promoted(dep: Deployment, proj: GitProject, sha: str, timeout: float, w
         wait_for(lambda: proj.head("master") == sha, timeout, what)
     except AssertionError as e:
         raise AssertionError(f"{e}\n{dep.master.log_tail(80)}") from None
+
+
+def gate_state(dep: Deployment, key: str = "view") -> dict | None:
+    """The gate scheduler's persisted object state ``key`` (SQLite or PostgreSQL)."""
+    url = _db_url(dep)
+    eng = sqlalchemy.create_engine(url)
+    try:
+        with eng.connect() as conn:
+            row = conn.execute(
+                sqlalchemy.text(
+                    "SELECT s.value_json FROM object_state s JOIN objects o ON o.id = s.objectid"
+                    " WHERE o.name = 'gate' AND o.class_name = 'GateScheduler' AND s.name = :k"
+                ),
+                {"k": key},
+            ).fetchone()
+    finally:
+        eng.dispose()
+    return json.loads(row[0]) if row else None
+
+
+def _db_url(dep: Deployment) -> str:
+    url = yaml.safe_load(dep.master.settings.read_text())["database"]
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        url = f"sqlite:///{dep.master.basedir / url[len('sqlite:///') :]}"
+    return url
