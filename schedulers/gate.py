@@ -562,6 +562,13 @@ class GateScheduler(ReconfigurableBaseScheduler):
             log.msg(f"gate: pool {pool} lent to {self._lent[pool][1]}: no gate run there until it ends")
             await self._process([self._pool_event(pool)])
 
+    async def _check_lent(self) -> None:
+        """The periodic safety net: a lent pool whose try build ended unseen is the gate's again."""
+        for _pool, (buildid, _) in list(self._lent.items()):
+            b = await self.master.db.builds.getBuild(buildid)
+            if b is None or b.complete_at is not None:
+                await self._end_lending(buildid)
+
     async def _end_lending(self, buildid: int) -> None:
         pool = next((p for p, (b, _) in self._lent.items() if b == buildid), None)
         if pool is None:
@@ -601,6 +608,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         if self.policy is None:
             return
         await self._check_offline()
+        await self._check_lent()
         await self._release_stranded()
         wake = self.policy.wake_at()
         if wake is not None and self._now() >= wake:
@@ -715,7 +723,6 @@ class GateScheduler(ReconfigurableBaseScheduler):
         RETRY and Buildbot runs them again after the start): a restart is not the pool's fault."""
         if self.health is None:
             return None
-        lent = any(b == msg.get("buildid") for b, _ in self._lent.values())
         count = msg.get("results") != CANCELLED
         if count and msg.get("results") == RETRY:
             if getattr(getattr(self.master, "botmaster", None), "shuttingDown", False):
@@ -724,8 +731,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
                     " counted against its pool; Buildbot runs it again after the restart"
                 )
                 count = False
-        if not (count or lent):
-            return None
+        # (always under the lock: whether the build borrowed a pool is known once its "new"
+        # message, queued before this one, was handled)
         d = self._lock.run(lambda: defer.ensureDeferred(self._on_build_finished(msg, count)))
         d.addErrback(log.err, "gate: recording pool health")
         return d

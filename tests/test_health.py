@@ -285,6 +285,47 @@ class GateHealthTests(GateHealthCase):
         self.assertTrue(reason.startswith("worker pool3-qavm not connected since"), reason)
         self.assertNotEqual((yield self.pool_state("pool1"))[0], "unavailable")
 
+    @defer.inlineCallbacks
+    def test_a_pool_lent_to_a_try_build_is_the_gates_again_when_it_ends_however_quickly(self):
+        """A try build cancelled (or failed) right after it started: its "finished" message may
+        arrive before the gate handled its "new" one; the pool must not stay lent for good."""
+        yield self.master.db.insert_test_data(
+            [
+                fakedb.Builder(id=400, name="try-bvt"),
+                fakedb.Worker(id=1, name="pool1-qavm"),
+                fakedb.Buildset(id=90),
+                fakedb.BuildRequest(id=91, buildsetid=90, builderid=400),
+                fakedb.Build(
+                    id=92,
+                    number=1,
+                    buildrequestid=91,
+                    builderid=400,
+                    workerid=1,
+                    masterid=fakedb.FakeDBConnector.MASTER_ID,
+                ),
+            ]
+        )
+        msg = {"buildid": 92, "builderid": 400, "workerid": 1, "number": 1}
+        yield self.sched._lock.acquire()  # the gate is busy deciding: both messages wait
+        started = self.sched._build_started(("builds", "92", "new"), msg)
+        finished = self.sched._build_finished(("builds", "92", "finished"), {**msg, "results": CANCELLED})
+        self.sched._lock.release()
+        yield started
+        yield finished
+        state, reason = yield self.pool_state("pool1")
+        self.assertNotEqual(state, "unavailable", reason)
+        self.assertEqual(self.sched._lent, {})
+        # a lent pool, as the gate sees it while the try build runs
+        yield self.sched._build_started(("builds", "92", "new"), msg)
+        self.assertEqual((yield self.pool_state("pool1")), ("unavailable", "running try-bvt build #1"))
+        self.assertFalse(pool_health.may_lend("pool1"))
+        yield self.sched._check_lent()  # still running: stays lent
+        self.assertIn("pool1", self.sched._lent)
+        yield self.master.db.builds.finishBuild(buildid=92, results=CANCELLED)
+        yield self.sched._check_lent()  # ended, and its message was missed: the periodic check
+        self.assertEqual(self.sched._lent, {})
+        self.assertNotEqual((yield self.pool_state("pool1"))[0], "unavailable")
+
 
 class HealthCatchUpAfterRestart(GateHealthCase):
     """A master killed between a build's end and its health record: the restarted gate counts
