@@ -922,6 +922,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
             )
             if a.pool in self.pools and self.health is not None:
                 rec = self.health.record_flake(a.pool, a.tests, a.run_id)
+                await self.setState("health", self.health.to_state())
                 if rec.quarantined:
                     log.msg(f"gate: QUARANTINE pool {a.pool}: {rec.reason}")
                     self._queued.append(PoolUnavailable(a.pool, f"quarantined: {rec.reason}", self._now()))

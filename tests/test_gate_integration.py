@@ -195,7 +195,9 @@ def test_a_failure_only_one_pool_reproduces_blames_nobody(tmp_path):
         second = proj.commit("change 2", {"notes/2.txt": "2\n"})
         proj.push_staging()
         wait_promoted(dep, proj, second, 90, "the second commit promoted")
-        health = gate_state(dep, "health")
+        health = wait_for(
+            lambda: (h := gate_state(dep, "health"))["quarantined"] and h, 20, "pool1 quarantined"
+        )
         assert health["quarantined"] == {
             "pool1": "2 failing runs in a row that other pools did not reproduce"
             " (last: test_app.AppTests.test_storage)"
