@@ -77,6 +77,19 @@ def _in_a_step(dep, build: dict) -> bool:
     return any(s["number"] >= 1 and s["started_at"] and not s["complete"] for s in steps)
 
 
+def _record(reliability, fault: str, t0: float, detail: str) -> None:
+    """One survived injection of ``fault`` in docs/reliability.md."""
+    reliability.record(
+        fault,
+        area="gate",
+        injected=1,
+        survived=1,
+        detail=detail,
+        test="tests/reliability/test_restart_and_quarantine.py",
+        seconds=time.monotonic() - t0,
+    )
+
+
 def _log(dep) -> str:
     return (dep.master.basedir / "twistd.log").read_text(errors="replace")
 
@@ -105,15 +118,12 @@ def test_a_graceful_master_restart_mid_run_counts_against_no_pool(tmp_path, reli
         builds = [b for b in gate_builds(dep) if b["props"].get("gate_kind") == "tip"]
         assert {b["props"]["gate_run_id"] for b in builds} == {build["props"]["gate_run_id"]}
         assert len(builds) >= 2 and {b["props"]["pool"] for b in builds} == {pool}
-        reliability.record(
+        _record(
+            reliability,
             "master restarted (buildbot stop/start) mid-run",
-            area="gate",
-            injected=1,
-            survived=1,
-            detail="the interrupted build re-run by Buildbot; no pool counted against "
+            t0,
+            "the interrupted build re-run by Buildbot; no pool counted against "
             "(quarantine_after 1); the tip promoted",
-            test="tests/reliability/test_restart_and_quarantine.py",
-            seconds=time.monotonic() - t0,
         )
     finally:
         dep.stop()
@@ -143,15 +153,12 @@ def test_a_run_waiting_for_a_pool_quarantined_meanwhile_moves_to_another_pool(tm
         # the stranded request was cancelled: nothing is left waiting for the quarantined pool
         pending = m.api("buildrequests?complete=false")["buildrequests"]
         assert pending == [], pending
-        reliability.record(
+        _record(
+            reliability,
             "pool quarantined while the gate's run waits for it",
-            area="gate",
-            injected=1,
-            survived=1,
-            detail=f"worker of {lost} SIGKILLed mid-build (quarantine_after 1): run ended inconclusive, "
+            t0,
+            f"worker of {lost} SIGKILLed mid-build (quarantine_after 1): run ended inconclusive, "
             f"retried and passed on {other}, the stranded request cancelled; nobody blamed",
-            test="tests/reliability/test_restart_and_quarantine.py",
-            seconds=time.monotonic() - t0,
         )
     finally:
         dep.stop()
@@ -189,16 +196,13 @@ def test_a_pool_whose_worker_is_down_gets_no_run_and_is_used_again_once_it_conne
         assert "pool1" in {b["props"]["pool"] for b in gate_builds(dep)}  # both idle: pool1 first
         health = gate_state(dep, "health")
         assert health["quarantined"] == {} and all(n == 0 for n in health["failures"].values()), health
-        reliability.record(
+        _record(
+            reliability,
             "a pool's worker (QA VM) down",
-            area="gate",
-            injected=1,
-            survived=1,
-            detail="pool1's worker stopped right before a push (offline_after 8 s): the run the gate "
+            t0,
+            "pool1's worker stopped right before a push (offline_after 8 s): the run the gate "
             "gave pool1 moved to pool2 and passed, pool1 used again once its worker connected; "
             "no pool counted against, nobody blamed",
-            test="tests/reliability/test_restart_and_quarantine.py",
-            seconds=time.monotonic() - t0,
         )
     finally:
         dep.stop()
