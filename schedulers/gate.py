@@ -407,7 +407,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
         return PoolAvailable(pool, now)
 
     def _unusable(self, pool: str) -> str | None:
-        """Why ``pool`` can take no build (quarantined, or gone from the inventory); None if it can."""
+        """Why ``pool`` can take no build (gone from the inventory, quarantined or offline; a lent
+        pool's runs the policy drops itself); None if it can."""
         assert self.health is not None
         if pool not in self.pools:
             return "is no longer in the lab inventory"
@@ -430,8 +431,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
         return f"worker {self.pool_workers.get(pool, '?')} not connected{when}"
 
     async def _read_connections(self) -> None:
-        """At start-up: pools whose worker is not connected (yet) start their offline clock now,
-        so workers reconnecting after a master restart never cost a run."""
+        """At start-up and after a reconfig: pools whose worker is not connected (yet) start their
+        offline clock now, so workers reconnecting after a master restart never cost a run."""
         now = self._now()
         workers = {w["name"]: w for w in await self.master.data.get(("workers",))}
         for pool, name in self.pool_workers.items():
@@ -458,9 +459,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         if pool in self._offline:
             self._offline.discard(pool)
             log.msg(f"gate: pool {pool}: worker {self.pool_workers.get(pool)} connected again, back in use")
-            assert self.health is not None
-            if not self.health.is_quarantined(pool):
-                await self._process([PoolAvailable(pool, self._now())])
+            await self._process([self._pool_event(pool)])
 
     async def _check_offline(self) -> None:
         """Pools whose worker has been disconnected for ``offline_after`` s take no more runs
@@ -472,15 +471,12 @@ class GateScheduler(ReconfigurableBaseScheduler):
             for p, since in sorted(self._offline_since.items())
             if p not in self._offline and p in self.pools and now - since >= self.offline_after
         ]
-        assert self.health is not None
         for pool in gone:
             self._offline.add(pool)
             reason = self._offline_reason(pool)
             log.msg(f"gate: pool {pool} OFFLINE: {reason}; no runs until it connects again")
-        # (a quarantined pool is unavailable already, and the view keeps saying why)
-        tell = [p for p in gone if not self.health.is_quarantined(p)]
-        if tell:
-            await self._process([PoolUnavailable(p, self._offline_reason(p), now) for p in tell])
+        if gone:  # (a quarantined pool keeps its quarantine reason: ``_pool_event``)
+            await self._process([self._pool_event(p) for p in gone])
 
     async def _release_stranded(self) -> None:
         """End the gate runs that wait for a pool which will never take them. A build that ends
@@ -489,7 +485,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
         with it, would wait until someone releases the pool. Such a run (its request waiting,
         unclaimed, no build running) ends *inconclusive*, never evidence against the commit, so
         the policy retries it on another pool; then its request is cancelled. Checked when a
-        pool is quarantined, at start-up and on every periodic fetch. Under the lock."""
+        pool is quarantined, at start-up, after a reconfig and on every periodic fetch. Under
+        the lock."""
         if self.policy is None or self.health is None:
             return
         stranded: list[tuple[str, str, list[int]]] = []
@@ -759,14 +756,18 @@ class GateScheduler(ReconfigurableBaseScheduler):
             pool, c.outcome == "inconclusive", c.reason, buildid=buildid, at=at, passed=c.outcome == "pass"
         )
         if rec.quarantined:
-            log.msg(f"gate: QUARANTINE pool {pool}: {rec.reason}")
-            self._notify("quarantined", pool, rec.reason)
+            self._quarantine_told(pool, rec.reason)
             if live:
-                await self._process([PoolUnavailable(pool, f"quarantined: {rec.reason}", self._now())])
+                await self._process([self._pool_event(pool)])
                 await self._release_stranded()
                 return True
         await self.setState("health", self.health.to_state())
         return True
+
+    def _quarantine_told(self, pool: str, reason: str) -> defer.Deferred | None:
+        """Log and mail a quarantine (the policy is told by ``_pool_event``)."""
+        log.msg(f"gate: QUARANTINE pool {pool}: {reason}")
+        return self._notify("quarantined", pool, reason)
 
     async def _count_missed_builds(self) -> None:
         """Count the BVT builds that ended while no gate listened (a master killed between a
@@ -827,11 +828,8 @@ class GateScheduler(ReconfigurableBaseScheduler):
         was = self.health.release(pool)
         log.msg(f"gate: pool {pool} returned to service" + ("" if was else " (it was not quarantined)"))
         if pool in self._offline:
-            reason = self._offline_reason(pool)
-            log.msg(f"gate: pool {pool} takes runs once its worker connects ({reason})")
-            await self._process([PoolUnavailable(pool, reason, self._now())])
-        else:
-            await self._process([PoolAvailable(pool, self._now())])
+            log.msg(f"gate: pool {pool} takes runs once its worker connects ({self._offline_reason(pool)})")
+        await self._process([self._pool_event(pool)])
         return was
 
     # ------------------------------------------------------------------ decisions
@@ -923,10 +921,9 @@ class GateScheduler(ReconfigurableBaseScheduler):
             if a.pool in self.pools and self.health is not None:
                 rec = self.health.record_flake(a.pool, a.tests, a.run_id)
                 await self.setState("health", self.health.to_state())
-                if rec.quarantined:
-                    log.msg(f"gate: QUARANTINE pool {a.pool}: {rec.reason}")
-                    self._queued.append(PoolUnavailable(a.pool, f"quarantined: {rec.reason}", self._now()))
-                    return self._notify("quarantined", a.pool, rec.reason)
+                if rec.quarantined:  # told once this decision is done (``_process`` loops)
+                    self._queued.append(self._pool_event(a.pool))
+                    return self._quarantine_told(a.pool, rec.reason)
         elif isinstance(a, Alert):
             log.msg(f"gate: ALERT {a.kind}: {a.message}")
             return self._notify("alert", a.kind, a.message, **_mail_id(rec, "alert"))
