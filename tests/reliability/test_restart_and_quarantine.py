@@ -43,6 +43,7 @@ SLOW_SUITE = {
 
 
 def _deployment(tmp_path, **pools):
+    """Started: two pools, ``quarantine_after: 1`` and ``pools`` settings, fast reconnects."""
     proj = GitProject.create(tmp_path / "repo", SLOW_SUITE)
     dep = make_deployment(
         tmp_path / "qa",
@@ -51,6 +52,7 @@ def _deployment(tmp_path, **pools):
         extra={"pools": {"quarantine_after": 1, **pools}},
     )
     fast_reconnect(dep)
+    dep.start()
     return proj, dep
 
 
@@ -97,7 +99,6 @@ def _log(dep) -> str:
 def test_a_graceful_master_restart_mid_run_counts_against_no_pool(tmp_path, reliability):
     t0 = time.monotonic()
     proj, dep = _deployment(tmp_path)
-    dep.start()
     try:
         m = dep.master
         tip, build = _tip_run_in_a_step(proj, dep)
@@ -132,7 +133,6 @@ def test_a_graceful_master_restart_mid_run_counts_against_no_pool(tmp_path, reli
 def test_a_run_waiting_for_a_pool_quarantined_meanwhile_moves_to_another_pool(tmp_path, reliability):
     t0 = time.monotonic()
     proj, dep = _deployment(tmp_path)
-    dep.start()
     try:
         m = dep.master
         tip, build = _tip_run_in_a_step(proj, dep)
@@ -167,7 +167,6 @@ def test_a_run_waiting_for_a_pool_quarantined_meanwhile_moves_to_another_pool(tm
 def test_a_pool_whose_worker_is_down_gets_no_run_and_is_used_again_once_it_connects(tmp_path, reliability):
     t0 = time.monotonic()
     proj, dep = _deployment(tmp_path, offline_after=8)
-    dep.start()
     try:
         dep.wait_workers()
         wait_for(lambda: (gate_state(dep, "view") or {}).get("master"), 30, "the gate to start")
