@@ -105,6 +105,10 @@ class Gate(Located):
     # load-adaptive batching (schedulers/policy.py PolicyConfig.batch_load): when arrivals x mean
     # run time / pools reaches this, a new tip run waits for a bigger batch; 0: off
     batch_load: float = check(_non_negative, default=1.2)
+    # a suspect is blamed on one failure in a run restricted to the failing tests once the
+    # gate's record says such runs of that test flake at most ``target_false_blame`` of the time
+    # (schedulers/policy.py PolicyConfig.learn_flake_rates; docs/gate.md "Confirmation")
+    learn_flake_rates: bool = True
 
     def confirmations(self, observed_flake_rate: float | None = None) -> int:
         """Re-runs needed so an innocent suspect is blamed with probability <= target.

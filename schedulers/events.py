@@ -172,6 +172,8 @@ Action = StartRun | CancelRun | Promote | Blame | RecordFlake | Revert | Alert
 #   results: {sha: [{"run_id", "outcome", "failed_tests", "kind"}]}     every known result
 #   culprits: [{"commit", "author", "failed_tests", "run_ids"}]
 #   flakes: [{"commit", "tests", "run_id"}]
+#   learned: {"on", "runs", "flakes", "rate", "target", "distrusted": [test]}  the learned flake
+#        rates of runs restricted to the failing tests (absent in views before round 13)
 #   pools: {name: {"state": "idle"|"busy"|"unavailable", "run_id", "commit", "reason"}}
 #   promotions: [{"commit", "ok", "reason"}]
 #   alerts: [{"kind", "message", "commit", "at"}]   ("commit", "at" absent in states saved

@@ -58,6 +58,7 @@ SPECULATE_WHEN = 0.5  # speculate when P(the untested batch fails) reaches this
 STILL_FAILING_TIPS = 2  # commits after a blame failing its tests before alerting a busy gate
 REALERT_TIPS = 3  # commits after an alert failing the same tests before alerting again
 REALERT_WAIT_RUNS = 4  # ... or, the gate idle, this many mean full-run times after the alert
+FLAKE_PRIOR_RUNS = 10  # learned flake rates: the prior (``prior_flake_rate``) weighs this many runs
 DETECT_WHEN = 0.3  # behind a block: test a held tip when P(its new commits hold a culprit) reaches this
 LOAD_ARRIVALS = 24  # the load estimate's window: the last this many arrivals on staging ...
 LOAD_RUNS = 12  # ... and the last this many finished full runs (their mean duration)
@@ -89,9 +90,18 @@ class PolicyConfig:
     # research switch, not a setting (docs/performance.md, round 11): a test that failed at the
     # suspect in a run restricted to the failing tests (a hunt's probe) is confirmed by that
     # failure alone. Sound only if a test run alone flakes far less than the whole suite (flakes
-    # a property of each test, none of them notoriously flaky); the gate does not estimate
-    # per-test flake rates yet, so it stays off.
+    # a property of each test, none of them notoriously flaky). It stays off: the gate's own
+    # estimate of when that holds is ``learn_flake_rates`` below (round 13).
     confirm_on_filtered_failure: bool = False
+    # learned flake rates (docs/gate.md "Confirmation"): a test that failed at the suspect in a
+    # run restricted to the failing tests is confirmed by that failure alone once the gate's own
+    # record of such restricted runs puts that test's chance of flaking there at or below
+    # ``target_false_blame`` (a Beta estimate, per test, shrunk towards all restricted runs,
+    # which start from ``prior_flake_rate`` worth FLAKE_PRIOR_RUNS runs); otherwise it is re-run
+    # as above. Off: every suspect is re-run (the settings' ``gate.learn_flake_rates``).
+    learn_flake_rates: bool = False
+    target_false_blame: float = 0.001
+    prior_flake_rate: float = 0.02
 
     def __post_init__(self) -> None:
         if self.culprit_action not in ("hold", "revert"):
@@ -100,6 +110,8 @@ class PolicyConfig:
             raise ValueError("confirmations and max_inconclusive_retries must not be negative")
         if self.batch_load < 0 or self.batch_per_load < 0 or self.batch_wait < 0:
             raise ValueError("batch_load, batch_per_load and batch_wait must not be negative")
+        if not (0 < self.target_false_blame < 1 and 0 < self.prior_flake_rate < 1):
+            raise ValueError("target_false_blame and prior_flake_rate must be between 0 and 1")
 
 
 def _empty_state() -> dict[str, Any]:
@@ -132,6 +144,10 @@ def _empty_state() -> dict[str, Any]:
         "alerts": [],
         "rejected": None,  # the current promotion-rejection episode: [commit, message] (recorded once)
         "stats": {"runs": 0, "flakes": 0},
+        # runs restricted to some tests, at candidates, that passed or whose failure was shown
+        # a flake, and those flakes: in all, and per test [such runs of it, flakes of it] (the
+        # learned flake rates; a failure the gate could not tell from a culprit's is no sample)
+        "filtered": {"runs": 0, "flakes": 0, "tests": {}},
         "clock": None,  # the latest event time seen (``now``, the driver's clock)
         "arrived": {},  # candidate sha -> when the gate first saw it
         "arrivals": [],  # when the last LOAD_ARRIVALS commits were first seen
@@ -158,6 +174,7 @@ class GatePolicy:
         s.setdefault("rejected", None)  # (... before round 6)
         for key, empty in (("clock", None), ("arrived", {}), ("arrivals", []), ("durations", [])):
             s.setdefault(key, empty)  # (... before round 7)
+        s.setdefault("filtered", {"runs": 0, "flakes": 0, "tests": {}})  # (... before round 13)
         self._s = s
         self._index = {c: i for i, c in enumerate(s["candidates"])}
         self._parent_wanted: set[str] = set()  # per plan: tests to ask master about
@@ -226,6 +243,29 @@ class GatePolicy:
     def to_state(self) -> dict:
         """A JSON-serialisable snapshot; ``GatePolicy(config, state)`` resumes from it exactly."""
         return copy.deepcopy(self._s)
+
+    def filtered_flake_rate(self, test: str | None = None) -> float:
+        """The chance a run restricted to the failing tests fails ``test`` spuriously (None: any
+        test), as the gate's record of such runs tells: a Beta posterior mean over all of them
+        from ``prior_flake_rate`` worth FLAKE_PRIOR_RUNS runs, then per test shrunk towards it
+        with the same weight. Only restricted runs count: where flakes come from setting up a
+        pool rather than from the tests, a test run alone flakes like the whole suite, and the
+        suite's per-test history would understate it (docs/gate.md "Confirmation")."""
+        f, w = self._s["filtered"], FLAKE_PRIOR_RUNS
+        rate = (self.config.prior_flake_rate * w + f["flakes"]) / (w + f["runs"])
+        if test is None:
+            return rate
+        runs, flakes = f["tests"].get(test, (0, 0))
+        return (rate * w + flakes) / (w + runs)
+
+    def flake_history(self) -> dict:
+        """What the learned flake rates are made of (a copy), for ``GatePolicy.learn_from``."""
+        return copy.deepcopy(self._s["filtered"])
+
+    def learn_from(self, history: dict) -> None:
+        """Start from another gate's restricted-run record (``flake_history()``): the simulator's
+        steady state, where a lab's gate has years of history (bench/gate_sim)."""
+        self._s["filtered"] = copy.deepcopy(history)
 
     def observed_flake_rate(self) -> float | None:
         """Flakes per conclusive run seen so far (None before any run)."""
@@ -310,6 +350,7 @@ class GatePolicy:
             },
             "culprits": copy.deepcopy(s["culprits"]),
             "flakes": copy.deepcopy(s["flakes"]),
+            "learned": self._learned_view(),
             "pools": pools,
             "promotions": copy.deepcopy(s["promotions"]),
             "alerts": copy.deepcopy(s["alerts"]),
@@ -318,6 +359,21 @@ class GatePolicy:
                 {"from": s["blocked_from"], "to": s["blocked_to"], "tests": list(s["blocked_tests"])}
                 if blocked is not None
                 else None
+            ),
+        }
+
+    def _learned_view(self) -> dict:
+        """The learned flake rates for the dashboard: on or off, the record, the rate of all
+        restricted runs, the bound, and the recorded tests not trusted on one failure."""
+        f, cfg = self._s["filtered"], self.config
+        return {
+            "on": cfg.learn_flake_rates,
+            "runs": f["runs"],
+            "flakes": f["flakes"],
+            "rate": self.filtered_flake_rate(),
+            "target": cfg.target_false_blame,
+            "distrusted": sorted(
+                t for t in f["tests"] if self.filtered_flake_rate(t) > cfg.target_false_blame
             ),
         }
 
@@ -661,6 +717,11 @@ class GatePolicy:
                 "pool": run["pool"],
             }
         )
+        if run["tests"] is not None:  # what it passed, for the learned flake rates
+            filtered = s["filtered"]
+            filtered["runs"] += 1 if ev.outcome == "pass" else 0
+            for t in set(run["tests"]) - set(ev.failed_tests):
+                filtered["tests"].setdefault(t, [0, 0])[0] += 1
         # an earlier failure is a flake once a run covering its tests does not fail them: a
         # culprit fails its tests in every run of them (a pass, or a failure of other tests)
         covered = None if run["tests"] is None else set(run["tests"])
@@ -699,6 +760,14 @@ class GatePolicy:
         s = self._s
         r["flake"] = True
         s["stats"]["flakes"] += 1
+        if r["tests"] is not None:
+            filtered = s["filtered"]
+            filtered["runs"] += 1
+            filtered["flakes"] += 1
+            for t in r["failed_tests"]:
+                counts = filtered["tests"].setdefault(t, [0, 0])
+                counts[0] += 1
+                counts[1] += 1
         out.append(RecordFlake(sha, tuple(r["failed_tests"]), r["run_id"], r.get("pool") or ""))
         self._push(s["flakes"], {"commit": sha, "tests": list(r["failed_tests"]), "run_id": r["run_id"]})
 
@@ -1130,14 +1199,26 @@ class GatePolicy:
         need = 1 + self.config.confirmations
         counts, fails = self._test_failures(sha, within)
         tests = {t for t, n in counts.items() if n >= need}
-        if self.config.confirm_on_filtered_failure:
-            tests |= {t for r in fails if r["tests"] is not None for t in r["failed_tests"] if t in counts}
+        tests |= self._trusted(fails, counts)
         if tests:
             return tests, [r for r in fails if not r["failed_tests"] or set(r["failed_tests"]) & tests]
         unknown = [r for r in fails if not r["failed_tests"]]
         if within is None and not counts and len(unknown) >= need:
             return set(), unknown  # the failing tests are unknown: confirmed on the runs alone
         return set(), []
+
+    def _trusted(self, fails: list[dict], counts: dict[str, int]) -> set[str]:
+        """Tests of ``counts`` confirmed by one failure in a restricted run of ``fails`` (a
+        hunt's probe, a confirmation): all with ``confirm_on_filtered_failure``; with
+        ``learn_flake_rates``, those whose learned flake rate in such runs is within
+        ``target_false_blame``; else none."""
+        cfg = self.config
+        if not (cfg.confirm_on_filtered_failure or cfg.learn_flake_rates):
+            return set()
+        tests = {t for r in fails if r["tests"] is not None for t in r["failed_tests"] if t in counts}
+        if cfg.confirm_on_filtered_failure:
+            return tests
+        return {t for t in tests if self.filtered_flake_rate(t) <= cfg.target_false_blame}
 
     def _detect(
         self, good: int, free: list[str], busy: set[str], stalled: set[str], out: list[Action]
@@ -1571,4 +1652,7 @@ def config_from_settings(gate: Any, observed_flake_rate: float | None = None) ->
         speculate=gate.speculate,
         culprit_action=gate.culprit_action,
         batch_load=getattr(gate, "batch_load", 0.0),
+        learn_flake_rates=getattr(gate, "learn_flake_rates", False),
+        target_false_blame=gate.target_false_blame,
+        prior_flake_rate=gate.prior_flake_rate,
     )

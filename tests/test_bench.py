@@ -11,7 +11,7 @@ import pytest
 from twisted.trial.unittest import TestCase as TrialTestCase
 
 from bench import hotpaths
-from bench.gate_sim import crn
+from bench.gate_sim import crn, policies
 from bench.gate_sim.cli import main
 from bench.gate_sim.metrics import runs_limit, slope, sustainable, throughput_limit
 from bench.gate_sim.policies import POLICIES, RefPolicy
@@ -270,6 +270,28 @@ def test_the_flake_model_decides_how_often_a_filtered_run_flakes():
     assert per_test.flake_chance(half) == pytest.approx(1 - 0.98**0.5)
     with pytest.raises(ValueError, match="flake_model must be 'run' or 'test'"):
         Scenario(flake_model="suite")
+
+
+def test_the_gate_starts_from_the_restricted_run_record_of_earlier_traces():
+    """``Scenario.history``: the gate's learned flake rates start from the record it kept over
+    that many earlier traces shaped like this one (other commits, hence other luck; the same
+    record for the same inputs). Where a one-test run flakes like the suite ("run") the record
+    shows it; where flakes are per test it shows far fewer; with the learning off, or no
+    history, the gate starts empty."""
+    trace = generate(300, 4.0, 0.05, seed=3)
+
+    def record(**kw):
+        sc = Scenario(**kw)
+        return POLICIES["qacloud"](sc, trace).flake_history()
+
+    run, per_test = record(history=2), record(history=2, flake_model="test")
+    assert run == record(history=2) and run["runs"] > 20 and run["flakes"] >= 2
+    assert per_test["runs"] > 20 and per_test["flakes"] == 0
+    assert record() == {"runs": 0, "flakes": 0, "tests": {}}
+    off = policies.qacloud_policy(Scenario(history=2), trace, learn_flake_rates=False)
+    assert off.flake_history() == {"runs": 0, "flakes": 0, "tests": {}}
+    with pytest.raises(ValueError, match="history must not be negative"):
+        Scenario(history=-1)
 
 
 def test_compare_pairs_the_same_seeds_and_reports_differences_with_their_ci(capsys):

@@ -104,6 +104,8 @@ def gate_view(master_sha: str, good: str, culprit: str, after: str) -> dict:
             }
         ],
         "flakes": [{"commit": good, "tests": ["test_ssvm"], "run_id": "r0"}],
+        "learned": {"on": True, "runs": 480, "flakes": 1, "rate": 0.0006, "target": 0.001}
+        | {"distrusted": ["test_ssvm"]},
         "pools": {
             "pool1": {"state": "idle", "run_id": None, "commit": None, "reason": None},
             "pool2": {
@@ -137,6 +139,45 @@ def test_report_lists_good_and_buggy_commits():
     good, buggy = html.split('id="good"')[1].split("</ul>")[0], html.split('id="buggy"')[1].split("</ul>")[0]
     assert "g1" in good and "promoted" in good and "c2" not in good
     assert "c2" in buggy and "Jane Dev" in buggy
+
+
+@pytest.mark.parametrize(
+    "learned, says",
+    [
+        (None, None),  # a view saved before round 13: no paragraph
+        (
+            {"on": True, "runs": 500, "flakes": 0, "rate": 0.0004, "target": 0.001, "distrusted": []},
+            "0 flakes in 500 that passed or were shown flaky, learned flake rate <b>0.04%</b>."
+            "\nA suspect is blamed on one such failure of a test whose own rate is at most 0.1%.",
+        ),
+        (
+            {"on": True, "runs": 500, "flakes": 1, "rate": 0.0006, "target": 0.001}
+            | {"distrusted": ["test_ssvm"]},
+            "1 flake in 500",
+        ),
+        (
+            {"on": True, "runs": 40, "flakes": 2, "rate": 0.04, "target": 0.001, "distrusted": []},
+            "Above 0.1%: every suspect is re-run before it is blamed.",
+        ),
+        (
+            {"on": False, "runs": 0, "flakes": 0, "rate": 0.02, "target": 0.001, "distrusted": []},
+            "Learning is off",
+        ),
+    ],
+)
+def test_the_page_says_when_a_suspect_is_blamed_on_one_restricted_failure(learned, says):
+    view = gate_view("m0", "g1", "c2", "a3")
+    view.pop("learned")
+    if learned is not None:
+        view["learned"] = learned
+    html = render_gate(view, [], ["pool1"])
+    if says is None:
+        assert 'id="learned"' not in html
+        return
+    para = html.split('id="learned"')[1].split("</p>", maxsplit=1)[0]
+    assert says in para
+    if learned["distrusted"]:
+        assert "re-run first:" in para and "test_ssvm" in para
 
 
 def _status(html: str) -> str:
@@ -299,6 +340,8 @@ def test_authz_and_dashboard_in_chromium(running):
     pools = dom.split('id="pools"')[1].split("</table>")[0]
     assert "pool1" in pools and "idle" in pools
     assert "pool2" in pools and "quarantined" in pools and "BMC 127.0.0.1:16021 timeout" in pools
+    learned = dom.split('id="learned"')[1].split("</p>")[0]
+    assert "1 flake in 480" in learned and "re-run first:" in learned and "test_ssvm" in learned
 
     # per-test history page
     url = m.url + "plugins/wsgi_dashboards/gate/test/test_ssvm.html"

@@ -39,8 +39,8 @@ def seed_set(n: int) -> list[int]:
 
 def run_one(job: tuple[float, int, int, dict[str, Any], str]) -> dict[str, float]:
     """One seed at one rate with ``options`` applied to qacloud's ``PolicyConfig``."""
-    rate, seed, commits, options, flake_model = job
-    sc = Scenario(flake_model=flake_model)
+    rate, seed, commits, options, flake_model, history = job
+    sc = Scenario(flake_model=flake_model, history=history)
     trace = generate(commits, rate, CULPRIT_RATE, seed, False)
     policy = policies.qacloud_policy(sc, trace, **options)
     res = Simulator(trace, sc, policy, seed, "qacloud").run()
@@ -63,10 +63,11 @@ def compare(
     commits: int = 1000,
     jobs: int | None = None,
     flake_model: str = "run",
+    history: int = 0,
 ) -> dict[str, Any]:
     """Per rate: A's and B's means, B − A per seed (mean, 95 % CI), and the safety counts."""
     chosen = seed_set(seeds)
-    work = [(r, s, commits, opts, flake_model) for opts in (a, b) for r in rates for s in chosen]
+    work = [(r, s, commits, opts, flake_model, history) for opts in (a, b) for r in rates for s in chosen]
     with ProcessPoolExecutor(jobs or os.cpu_count() or 1) as ex:
         rows = list(ex.map(run_one, work, chunksize=4))
     n = len(rates) * len(chosen)
@@ -76,6 +77,7 @@ def compare(
         "seeds": chosen,
         "commits": commits,
         "flake_model": flake_model,
+        "history": history,
         "rates": {},
     }
     for i, rate in enumerate(rates):
@@ -109,7 +111,8 @@ def to_markdown(c: dict[str, Any]) -> str:
 
     lines = [
         f"A: {label(c['a'])}; B: {label(c['b'])}; {len(c['seeds'])} seeds × {c['commits']} commits"
-        f" per rate; flakes per {c.get('flake_model', 'run')}; B − A paired per seed, ± 95 % CI",
+        f" per rate; flakes per {c.get('flake_model', 'run')}; history {c.get('history', 0)};"
+        " B − A paired per seed, ± 95 % CI",
         "",
         "| rate /h | metric | A | B | B − A |",
         "|---|---|---|---|---|",
@@ -145,14 +148,25 @@ def main(argv: list[str] | None = None) -> int:
         default="run",
         help="how a filtered run flakes (Scenario.flake_model; docs/performance.md round 11)",
     )
+    ap.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="earlier traces the learned flake rates start from (Scenario.history; round 13)",
+    )
     args = ap.parse_args(argv)
     try:
         rates = [float(x) for x in args.rates.split(",") if x.strip()]
     except ValueError:
         ap.error(f"--rates: not a comma-separated list of numbers: {args.rates!r}")
-    if not rates or args.seeds < 1 or args.commits < 1:
-        ap.error("--rates needs at least one rate; --seeds and --commits must be at least 1")
-    c = compare(dict(args.a), dict(args.b), rates, args.seeds, args.commits, args.jobs, args.flake_model)
+    if not rates or args.seeds < 1 or args.commits < 1 or args.history < 0:
+        ap.error(
+            "--rates needs at least one rate; --seeds and --commits must be at least 1,"
+            " --history not negative"
+        )
+    c = compare(
+        dict(args.a), dict(args.b), rates, args.seeds, args.commits, args.jobs, args.flake_model, args.history
+    )
     print(to_markdown(c))
     unsafe = any(
         per[f"safety_{side}"][k]

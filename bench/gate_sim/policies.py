@@ -398,18 +398,34 @@ def qacloud_policy(scenario: Scenario, trace: list[Commit], **changes):
     """The project's gate, configured as the scheduler would with the default settings, with
     ``PolicyConfig`` fields ``changes`` on top (the breakdown, compare and stress tools)."""
     from master.settings import Gate
-    from schedulers.policy import GatePolicy, PolicyConfig
+    from schedulers.policy import GatePolicy, config_from_settings
 
-    gate = Gate()
-    config = PolicyConfig(
-        confirmations=gate.confirmations(scenario.flake_rate or None),
-        max_inconclusive_retries=gate.max_inconclusive_retries,
-        bisect_failed_tests_only=gate.bisect_failed_tests_only,
-        speculate=gate.speculate,
-        culprit_action=gate.culprit_action,
-        batch_load=gate.batch_load,
-    )
-    return GatePolicy(dataclasses.replace(config, **changes))
+    config = dataclasses.replace(config_from_settings(Gate(), scenario.flake_rate or None), **changes)
+    policy = GatePolicy(config)
+    if scenario.history and config.learn_flake_rates:
+        policy.learn_from(_flake_history(scenario, trace, config))
+    return policy
+
+
+def _flake_history(scenario: Scenario, trace: list[Commit], config) -> dict:
+    """The restricted-run record a gate with ``config`` kept over ``scenario.history`` earlier
+    traces shaped like ``trace``: its commits renamed per trace, so every run draws new luck."""
+    from bench.gate_sim.sim import Simulator
+    from schedulers.policy import GatePolicy
+
+    history = None
+    for n in range(scenario.history):
+
+        def renamed(sha: str | None, n: int = n) -> str | None:
+            return None if sha is None else f"h{n}-{sha}"
+
+        earlier = [dataclasses.replace(c, id=renamed(c.id), fixes=renamed(c.fixes)) for c in trace]
+        gate = GatePolicy(config)
+        if history is not None:
+            gate.learn_from(history)
+        Simulator(earlier, dataclasses.replace(scenario, history=0), gate, 0, "history").run()
+        history = gate.flake_history()
+    return history
 
 
 PolicyFactory = Callable[[Scenario, list[Commit]], object]

@@ -106,10 +106,17 @@ class Scenario:
     # "test": flakiness is a property of each test, spread evenly: a run of m of the suite's
     # N tests flakes with 1 - (1 - flake_rate)^(m/N) (docs/performance.md, round 11)
     flake_model: str = "run"
+    # steady state of the gate's learned flake rates (``PolicyConfig.learn_flake_rates``): the
+    # gate starts with the restricted-run record it kept over this many earlier traces like the
+    # one simulated (same arrivals and culprit positions, other commits, hence other luck), as
+    # a lab's gate has months of it; 0: it starts knowing nothing (docs/performance.md round 13)
+    history: int = 0
 
     def __post_init__(self) -> None:
         if self.flake_model not in ("run", "test"):
             raise ValueError(f"flake_model must be 'run' or 'test', got {self.flake_model!r}")
+        if self.history < 0:
+            raise ValueError(f"history must not be negative, got {self.history}")
 
     @property
     def mean_bvt_hours(self) -> float:
