@@ -718,10 +718,7 @@ class GatePolicy:
             }
         )
         if run["tests"] is not None:  # what it passed, for the learned flake rates
-            filtered = s["filtered"]
-            filtered["runs"] += 1 if ev.outcome == "pass" else 0
-            for t in set(run["tests"]) - set(ev.failed_tests):
-                filtered["tests"].setdefault(t, [0, 0])[0] += 1
+            self._sample(set(run["tests"]) - set(ev.failed_tests), flaked=False, run=ev.outcome == "pass")
         # an earlier failure is a flake once a run covering its tests does not fail them: a
         # culprit fails its tests in every run of them (a pass, or a failure of other tests)
         covered = None if run["tests"] is None else set(run["tests"])
@@ -761,15 +758,21 @@ class GatePolicy:
         r["flake"] = True
         s["stats"]["flakes"] += 1
         if r["tests"] is not None:
-            filtered = s["filtered"]
-            filtered["runs"] += 1
-            filtered["flakes"] += 1
-            for t in r["failed_tests"]:
-                counts = filtered["tests"].setdefault(t, [0, 0])
-                counts[0] += 1
-                counts[1] += 1
+            self._sample(r["failed_tests"], flaked=True, run=True)
         out.append(RecordFlake(sha, tuple(r["failed_tests"]), r["run_id"], r.get("pool") or ""))
         self._push(s["flakes"], {"commit": sha, "tests": list(r["failed_tests"]), "run_id": r["run_id"]})
+
+    def _sample(self, tests, flaked: bool, run: bool) -> None:
+        """Record samples for the learned flake rates: ``tests`` of a restricted run passed, or
+        (``flaked``) failed and were shown a flake; ``run``: the run is a sample of all
+        restricted runs too (it passed, or its failure was a flake)."""
+        f = self._s["filtered"]
+        f["runs"] += 1 if run else 0
+        f["flakes"] += 1 if flaked else 0
+        for t in tests:
+            counts = f["tests"].setdefault(t, [0, 0])
+            counts[0] += 1
+            counts[1] += 1 if flaked else 0
 
     def _on_parent_finished(self, ev: RunFinished, run: dict, out: list[Action]) -> None:
         """A parent run of master ended: evidence about master itself (when still master)."""
