@@ -198,6 +198,10 @@ class Try(Located):
     users: list[str] = field(default_factory=list)  # user names allowed to try (from 'users')
     # patches above this are rejected before any build (PB itself cannot carry > 640 KiB)
     max_patch_bytes: int = check(_patch_limit, default=512 * 1024)
+    # gate runs go first, also against a running try build: stop it (RETRY, queued again) when
+    # the gate needs its pool for a bisection, confirmation or retry, or for a tip run with no
+    # other gate run in flight (schedulers/policy.py ``needs_pools``)
+    preempt: bool = True
 
 
 @dataclass(kw_only=True)

@@ -61,6 +61,7 @@ def gate_scheduler(settings: Settings, inventory: Inventory):
         fetch_interval=repo.poll_interval,
         quarantine_after=settings.pools.quarantine_after,
         offline_after=settings.pools.offline_after,
+        preempt_try=settings.try_.enabled and settings.try_.preempt,
         health_builders=[GATE_BUILDER, TRY_BUILDER],
     )
 

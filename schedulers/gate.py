@@ -98,6 +98,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         "pool_workers",
         "mirror_dir",
         "health_builders",
+        "preempt_try",
     )
 
     def __init__(self, name: str, builderNames: list[str], **kwargs: Any) -> None:
@@ -116,6 +117,9 @@ class GateScheduler(ReconfigurableBaseScheduler):
         self._offline: set[str] = set()
         # pool -> (buildid, what) of the other BVT build (a try) running on it: lent
         self._lent: dict[str, tuple[int, str]] = {}
+        # buildid -> pool of the try builds this gate stopped to take their pool back (RETRY:
+        # Buildbot queues them again; their end is not counted against the pool)
+        self._preempted: dict[int, str] = {}
         self._idle: frozenset[str] = frozenset()  # pools the policy left idle at its last decision
         self._poll_queued = False
         self._unreachable = False  # the last fetch failed (alerted once)
@@ -138,6 +142,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         health_builders: Iterable[str] = (),
         pool_workers: dict[str, str] | None = None,
         offline_after: float = 600,
+        preempt_try: bool = False,
         **kwargs: Any,
     ) -> None:
         from buildbot import config
@@ -168,6 +173,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         health_builders: Iterable[str] = (),
         pool_workers: dict[str, str] | None = None,
         offline_after: float = 600,
+        preempt_try: bool = False,
         **kwargs: Any,
     ) -> None:
         await super().reconfigService(builderNames=builderNames, **kwargs)
@@ -182,6 +188,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
         self.health_builders = set(health_builders) or set(builderNames)
         self.pool_workers = dict(pool_workers or {})
         self.offline_after = offline_after
+        self.preempt_try = preempt_try
         if self.health is not None:
             self.health.quarantine_after = quarantine_after
         if self.active and self.policy is not None:  # pools may have come or gone
@@ -721,7 +728,14 @@ class GateScheduler(ReconfigurableBaseScheduler):
         if self.health is None:
             return None
         count = msg.get("results") != CANCELLED
-        if count and msg.get("results") == RETRY:
+        if msg.get("buildid") in self._preempted:
+            log.msg(
+                f"gate: build {msg.get('buildid')} ended after the gate took its pool"
+                f" {self._preempted.pop(msg['buildid'])} back: not counted against the pool;"
+                " Buildbot runs it again on a pool the gate leaves idle"
+            )
+            count = False
+        elif count and msg.get("results") == RETRY:
             if getattr(getattr(self.master, "botmaster", None), "shuttingDown", False):
                 log.msg(
                     f"gate: build {msg.get('buildid')} stopped by the master's shutdown (RETRY): not"
@@ -859,6 +873,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
                     await self._act(a)
         await self._save()
         self._lend_idle_pools()
+        self._preempt_lent_pools()
 
     def _lend_idle_pools(self) -> None:
         """Publish the pools this decision left idle: only those may run a try build (workers/
@@ -872,6 +887,29 @@ class GateScheduler(ReconfigurableBaseScheduler):
                 if hasattr(botmaster, "maybeStartBuildsForBuilder"):
                     botmaster.maybeStartBuildsForBuilder(name)
         self._idle = idle
+
+    def _preempt_lent_pools(self) -> None:
+        """``try.preempt``: gate runs go first, also against a try build already running. Stop
+        the try builds on the pools the policy needs back (``GatePolicy.needs_pools``; the one
+        that started last first: the least work is lost) as RETRY, so Buildbot queues each
+        again for a pool the gate leaves idle; its pool is the gate's once the build ends (its
+        teardown powers the hosts off). A developer's ``buildbot try --wait`` keeps waiting."""
+        if not self.preempt_try or self.policy is None:
+            return
+        # pools already being taken back come first: the runs they will take need no other
+        coming = sorted(p for p, (b, _) in self._lent.items() if b in self._preempted)
+        lent = {p: b for p, (b, _) in self._lent.items() if b not in self._preempted}
+        for pool in self.policy.needs_pools([*coming, *sorted(lent, key=lambda p: -lent[p])]):
+            if pool in coming:
+                continue
+            buildid = lent[pool]
+            what = self._lent[pool][1]
+            self._preempted[buildid] = pool
+            reason = f"preempted by the qacloud gate: it needs pool {pool} for a gate run; queued again"
+            log.msg(f"gate: pool {pool}: stopping {what} ({reason})")
+            self.master.mq.produce(
+                ("control", "builds", str(buildid), "stop"), {"reason": reason, "results": RETRY}
+            )
 
     async def _save_policy(self) -> None:
         assert self.policy is not None

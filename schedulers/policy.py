@@ -244,6 +244,31 @@ class GatePolicy:
         """A JSON-serialisable snapshot; ``GatePolicy(config, state)`` resumes from it exactly."""
         return copy.deepcopy(self._s)
 
+    def needs_pools(self, lent: Iterable[str]) -> list[str]:
+        """Which of the ``lent`` pools (running a try build, in the order the driver would
+        rather take them back) the gate needs back now, decided on a copy of the state (this
+        policy is unchanged). A pool is needed for a run that stands between staging and master:
+        a bisection, confirmation, parent or retry run, or a tip run while no gate run is in
+        flight at all (with runs in flight the next pool that frees takes the tip). Never for
+        speculation, which only saves time if the tip fails."""
+        s = self._s
+        if any(p["state"] == "idle" for p in s["pools"].values()):
+            return []  # the gate left a pool idle: it has nothing more to start
+        probe = GatePolicy(self.config, copy.deepcopy(s))
+        gate_runs = bool(s["runs"])
+        needed: list[str] = []
+        for pool in lent:
+            if s["pools"].get(pool, {}).get("state") != "unavailable":
+                continue
+            acts = probe.handle(PoolAvailable(pool, s["clock"] or 0.0))
+            runs = [a for a in acts if isinstance(a, StartRun) and a.pool == pool]
+            if any(r.kind != "speculate" and (r.kind != "tip" or not gate_runs) for r in runs):
+                needed.append(pool)
+                gate_runs = True
+            elif not runs:
+                break  # nothing more to start: later pools would get nothing either
+        return needed
+
     def filtered_flake_rate(self, test: str | None = None) -> float:
         """The chance a run restricted to the failing tests fails ``test`` spuriously (None: any
         test), as the gate's record of such runs tells: a Beta posterior mean over all of them

@@ -17,8 +17,14 @@ import re
 from typing import Any
 
 from buildbot.plugins import util
-from buildbot.process.results import FAILURE
-from buildbot.schedulers.trysched import Try_Userpass, Try_Userpass_Perspective
+from buildbot.process.results import FAILURE, RETRY
+from buildbot.schedulers.trysched import (
+    RemoteBuild,
+    RemoteBuildRequest,
+    RemoteBuildSetStatus,
+    Try_Userpass,
+    Try_Userpass_Perspective,
+)
 from twisted.internet import defer
 from twisted.python import log
 from twisted.spread import pb
@@ -98,6 +104,60 @@ class RejectedTry(pb.Referenceable):
         return [(n, _RejectedRequest(n, self.reason)) for n in self.builder_names]
 
 
+class _RetryAwareBuild(RemoteBuild):
+    """A try build as ``buildbot try --wait`` sees it. One that ends RETRY was stopped to run
+    again (its worker lost, the master restarted, or the gate took its pool back:
+    ``try.preempt``), so it is not the request's result: the stock client would report "retry"
+    and exit 1. It never answers ``waitUntilFinished``; the client is told of the request's
+    next build (``newbuild``) and waits for that one instead."""
+
+    @defer.inlineCallbacks
+    def remote_waitUntilFinished(self):
+        yield super().remote_waitUntilFinished()
+        build = yield self.master.data.get(("builds", self.builddict["buildid"]))
+        if build and build.get("results") == RETRY:
+            yield defer.Deferred()  # the next build of the request answers instead
+        return self
+
+
+class _RetryAwareSubscriber:
+    """Between Buildbot's ``RemoteBuildRequest`` and the client: each build it reports goes
+    out as a ``_RetryAwareBuild``."""
+
+    def __init__(self, subscriber) -> None:
+        self._subscriber = subscriber
+
+    def callRemote(self, name, *args, **kwargs):
+        args = tuple(
+            _RetryAwareBuild(a.master, a.builddict, a.builderName) if isinstance(a, RemoteBuild) else a
+            for a in args
+        )
+        return self._subscriber.callRemote(name, *args, **kwargs)
+
+    def notifyOnDisconnect(self, callback) -> None:
+        self._subscriber.notifyOnDisconnect(callback)
+
+
+class _RetryAwareRequest(RemoteBuildRequest):
+    def remote_subscribe(self, subscriber):
+        return super().remote_subscribe(_RetryAwareSubscriber(subscriber))
+
+
+class _RetryAwareBuildSet(RemoteBuildSetStatus):
+    """What a submitted try job returns to the client: its requests report retry-aware builds."""
+
+    @defer.inlineCallbacks
+    def remote_getBuildRequests(self):
+        requests = yield super().remote_getBuildRequests()
+        return [(name, _RetryAwareRequest(self.master, name, r.brid)) for name, r in requests]
+
+
+def _retry_aware(status):
+    if isinstance(status, RemoteBuildSetStatus):
+        return _RetryAwareBuildSet(status.master, status.bsid, status.brids)
+    return status
+
+
 class AuthenticatedTryPerspective(Try_Userpass_Perspective):
     """A try job submitted by the logged-in user, whatever ``--who`` says."""
 
@@ -124,7 +184,7 @@ class AuthenticatedTryPerspective(Try_Userpass_Perspective):
         props = {k: v for k, v in (properties or {}).items() if k not in RESERVED_PROPERTIES}
         props["owner"] = self.username
         props["try_user"] = self.username
-        return super().perspective_try(
+        d = super().perspective_try(  # a Deferred (inlineCallbacks)
             branch or self.scheduler.default_branch,
             revision,
             patch,
@@ -135,6 +195,7 @@ class AuthenticatedTryPerspective(Try_Userpass_Perspective):
             comment=comment,
             properties=props,
         )
+        return d.addCallback(_retry_aware)
 
 
 class SafeTryUserpass(Try_Userpass):

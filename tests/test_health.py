@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from master.settings import Gate
+from schedulers.events import StagingUpdated
 from schedulers.gate import GateScheduler
 from tests.test_gate_scheduler import fake_origin
 from workers import health as pool_health
@@ -325,6 +326,64 @@ class GateHealthTests(GateHealthCase):
         yield self.sched._check_lent()  # ended, and its message was missed: the periodic check
         self.assertEqual(self.sched._lent, {})
         self.assertNotEqual((yield self.pool_state("pool1"))[0], "unavailable")
+
+    @defer.inlineCallbacks
+    def test_a_try_build_on_a_pool_the_gate_needs_is_stopped_as_retry_and_not_counted(self):
+        """try.preempt: both pools run try builds when a commit reaches staging. Off: nothing
+        is stopped. On: the try build that started last is stopped as RETRY (queued again),
+        once, and its end is not counted against its pool."""
+        rows = [fakedb.Builder(id=400, name="try-bvt")]
+        for n, pool in ((1, "pool1"), (2, "pool2")):
+            rows += [
+                fakedb.Worker(id=n, name=f"{pool}-qavm"),
+                fakedb.Buildset(id=90 + n),
+                fakedb.BuildRequest(id=80 + n, buildsetid=90 + n, builderid=400),
+                fakedb.Build(
+                    id=70 + n,
+                    number=n,
+                    buildrequestid=80 + n,
+                    builderid=400,
+                    workerid=n,
+                    masterid=fakedb.FakeDBConnector.MASTER_ID,
+                ),
+                fakedb.BuildProperty(buildid=70 + n, name="pool", value=pool),
+            ]
+        yield self.master.db.insert_test_data(rows)
+        for n in (1, 2):
+            msg = {"buildid": 70 + n, "builderid": 400, "workerid": n, "number": n}
+            yield self.sched._build_started(("builds", str(70 + n), "new"), msg)
+        self.assertEqual(sorted(self.sched._lent), ["pool1", "pool2"])
+
+        def stops():
+            return [(k, v) for k, v in self.master.mq.productions if k[0] == "control" and k[-1] == "stop"]
+
+        def decide(sha: str):
+            event = StagingUpdated("m0", (sha,), now=1.0)
+            return self.sched._lock.run(lambda: defer.ensureDeferred(self.sched._process([event])))
+
+        self.sched.preempt_try = False
+        yield decide("c1")
+        self.assertEqual(stops(), [])
+        self.sched.preempt_try = True
+        yield decide("c2")
+        ((key, params),) = stops()
+        self.assertEqual(key, ("control", "builds", "72", "stop"))  # the newer try build
+        self.assertEqual(params["results"], RETRY)
+        self.assertIn("it needs pool pool2 for a gate run", params["reason"])
+        yield decide("c3")  # asked again before it ended: not stopped twice
+        self.assertEqual(len(stops()), 1)
+        yield self.master.db.builds.finishBuild(buildid=72, results=RETRY)
+        yield self.sched._build_finished(
+            ("builds", "72", "finished"), {"buildid": 72, "builderid": 400, "results": RETRY}
+        )
+        self.assertFalse(self.sched.health.counted(72))
+        self.assertNotIn("pool2", self.sched._lent)
+        # without preemption a RETRY of a try build does count (a lost worker, say)
+        yield self.master.db.builds.finishBuild(buildid=71, results=RETRY)
+        yield self.sched._build_finished(
+            ("builds", "71", "finished"), {"buildid": 71, "builderid": 400, "results": RETRY}
+        )
+        self.assertTrue(self.sched.health.counted(71))
 
 
 class HealthCatchUpAfterRestart(GateHealthCase):

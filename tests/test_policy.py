@@ -515,6 +515,42 @@ def test_a_run_on_a_pool_lent_to_a_try_build_is_planned_again_elsewhere_and_neve
     assert retried.commit == "b"
 
 
+def test_the_gate_takes_a_lent_pool_back_for_a_run_between_staging_and_master_only():
+    """``needs_pools`` (try.preempt): a pool running a try build is needed back for a tip run
+    when no gate run is in flight, for a bisection or a confirmation; not for a tip run while
+    another gate run is in flight, not for speculation, not while a pool is idle; and asking
+    changes nothing."""
+    lent = PoolUnavailable("p2", "running try-bvt build #1", lent=True)
+    p = GatePolicy(PolicyConfig(speculate=True))
+    p.handle_all([PoolUnavailable("p1", "running try-bvt build #2", lent=True), lent])
+    assert p.needs_pools(["p2", "p1"]) == []  # nothing to test
+    shas = tuple("abcdefghijklmnopqrst")  # 20 commits: likely to fail, worth speculating
+    p.handle(StagingUpdated("m", shas))
+    before = p.to_state()
+    assert p.needs_pools(["p2", "p1"]) == ["p2"]  # the tip; then only speculation for p1
+    assert p.to_state() == before
+    (tip,) = [a for a in p.handle(PoolAvailable("p2")) if isinstance(a, StartRun)]
+    assert tip.kind == "tip" and tip.commit == "t"
+    assert p.needs_pools(["p1"]) == []  # speculation: not worth stopping a developer's run
+    (spec,) = [a for a in p.handle(PoolAvailable("p1")) if isinstance(a, StartRun)]
+    assert spec.kind == "speculate"
+    p.handle(StagingUpdated("m", (*shas, "u")))
+    q = GatePolicy(PolicyConfig(speculate=False), p.to_state())
+    p3 = PoolUnavailable("p3", "running try-bvt build #4", lent=True)
+    q.handle(p3)
+    assert q.needs_pools(["p3"]) == []  # a newer tip while the gate already runs one: wait
+    # the tip fails: the bisection needs every pool it can get
+    acts = q.handle(RunFinished(tip.run_id, "fail", ("test_vm",)))
+    assert not any(isinstance(a, StartRun) and a.pool == "p3" for a in acts)
+    assert q.needs_pools(["p3"]) == ["p3"]
+    (probe,) = [a for a in q.handle(PoolAvailable("p3")) if isinstance(a, StartRun)]
+    assert probe.kind == "bisect"
+    # with a pool idle the gate had nothing more to start on it
+    r = GatePolicy(PolicyConfig(speculate=False))
+    r.handle_all([PoolAvailable("p1"), lent])
+    assert r.needs_pools(["p2"]) == []
+
+
 def test_a_suspect_is_confirmed_on_another_pool_than_the_one_that_failed_it_when_one_is_free():
     """A failure only one pool reproduces (a broken host of that pool) must not confirm itself:
     the confirmation goes to a pool that did not fail the commit; with none free, to any."""

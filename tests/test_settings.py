@@ -49,6 +49,7 @@ def test_postgresql_url_accepted(tmp_path):
         ({"gate": {"culprit_action": "shout"}}, "gate.culprit_action", "must be one of"),
         ({"gate": {"target_false_blame": 2}}, "gate.target_false_blame", "between 0 and 1"),
         ({"gate": {"learn_flake_rates": "often"}}, "gate.learn_flake_rates", "true/false"),
+        ({"try": {"preempt": "sometimes"}}, "try.preempt", "true/false"),
         ({"reporters": {"mail": {"password": "x"}}}, "reporters.mail.password", "must not be written inline"),
         ({"try": {"users": ["mallory"]}}, "try.users", "unknown user"),
         ({"bvt": {"mode": "demo"}}, "bvt.command", "test command"),

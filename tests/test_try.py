@@ -8,11 +8,14 @@ requests are served before try requests waiting for the same pool.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
+from buildbot.process.results import RETRY
 
 from tests.support.procs import BIN, GitProject, gate_state, make_deployment, run, simple_pool, wait_for
 from tests.support.smtp import SmtpServer
@@ -92,7 +95,12 @@ def _try_port(dep) -> int:
 
 @pytest.fixture
 def deployment(tmp_path):
-    proj = GitProject.create(tmp_path / "repo", SUITE)
+    yield from _deployed(tmp_path, SUITE)
+
+
+def _deployed(tmp_path, suite):
+    """A master with try and mail (real SMTP) and one pool: (deployment, project, smtp)."""
+    proj = GitProject.create(tmp_path / "repo", suite)
     with SmtpServer() as smtp:
         dep = make_deployment(
             tmp_path / "qa",
@@ -253,3 +261,82 @@ def test_a_running_try_build_does_not_hold_up_the_gate(tmp_path):
         assert "gate: pool pool1: try-bvt build #1 ended, the pool is the gate's again" in log.read_text()
     finally:
         dep.stop()
+
+
+PREEMPT_SUITE = {
+    "run-tests.sh": "#!/bin/sh\nif [ -f slow.txt ]; then sleep 20; fi\necho 'ran the suite'\nexit 0\n",
+    "slow.txt": "the suite is slow while this file is in the tree\n",
+}
+NEW_FILE_PATCH = """\
+diff --git a/patched.txt b/patched.txt
+new file mode 100644
+--- /dev/null
++++ b/patched.txt
+@@ -0,0 +1 @@
++patched
+"""
+
+
+def test_the_gate_takes_its_pool_back_from_a_running_try_build(tmp_path):
+    """try.preempt (on by default): a developer's try build holds the only pool when a commit
+    reaches staging. The gate stops it as RETRY, runs and promotes the commit, and Buildbot runs
+    the try again once the gate leaves the pool idle: ``buildbot try --wait`` reports its
+    success, the developer gets one mail (its result, not the stopped build's), and the stop is
+    not counted against the pool."""
+    gen = _deployed(tmp_path, PREEMPT_SUITE)
+    dep, proj, smtp = next(gen)
+    try:
+        m = dep.master
+        wait_for(lambda: (gate_state(dep) or {}).get("master"), 30, "the gate to start")
+        builders = {b["name"]: b["builderid"] for b in m.api("builders")["builders"]}
+        patch = tmp_path / "new-file.diff"
+        patch.write_text(NEW_FILE_PATCH)
+        result: dict = {}
+        client = threading.Thread(
+            target=lambda: result.update(
+                zip(("rc", "out"), try_client(dep, proj, patch, extra=["--wait"], timeout=240))
+            )
+        )
+        client.start()
+
+        def try_builds():
+            return sorted(
+                (b for b in m.builds() if b["builderid"] == builders["try-bvt"]), key=lambda b: b["buildid"]
+            )
+
+        (first,) = wait_for(
+            lambda: [b for b in try_builds() if not b["complete"]], 60, "the try build running"
+        )
+        (proj.work / "slow.txt").unlink()
+        tip = proj.commit("make the suite fast", {})
+        proj.push_staging()
+        wait_for(lambda: proj.head("master") == tip, 120, "the commit promoted")
+        client.join(240)
+        assert result.get("rc") == 0 and "try-bvt: success" in result["out"], result
+        stopped, retried = try_builds()
+        assert stopped["buildid"] == first["buildid"] and stopped["results"] == RETRY, stopped
+        assert "preempted by the qacloud gate" in stopped["state_string"], stopped
+        assert retried["results"] == 0, retried
+        (gated,) = [b for b in m.builds() if b["builderid"] == builders["gate-bvt"]]
+        assert gated["results"] == 0
+        # the gate's run took the pool once the try build was stopped, before the try ran again
+        assert stopped["complete_at"] <= gated["started_at"] <= retried["started_at"], (
+            stopped,
+            gated,
+            retried,
+        )
+        log = (m.basedir / "twistd.log").read_text()
+        assert "gate: pool pool1: stopping try-bvt build #1 (preempted by the qacloud gate" in log, log[
+            -3000:
+        ]
+        assert "after the gate took its pool pool1 back: not counted against the pool" in log
+        health = gate_state(dep, "health") or {}
+        assert "pool1" not in json.dumps(health.get("quarantined", {})), health
+        mail = smtp.inbox.wait(lambda msg: "try run" in msg["Subject"], what="the try submitter's mail")
+        assert "success" in mail["Subject"], mail["Subject"]
+        time.sleep(1)
+        assert [msg["Subject"] for msg in smtp.inbox.messages if "try run" in msg["Subject"]] == [
+            mail["Subject"]
+        ]
+    finally:
+        gen.close()
