@@ -329,7 +329,7 @@ def test_at_ten_percent_flakes_a_flaky_run_of_a_fix_does_not_block_staging_for_g
     probed, the probe flaked on the very test still failing, and with no more commits coming
     the gate sat idle with 53 commits unpromoted. Idle, it now re-runs such a tip in full."""
     sc = Scenario(flake_rate=0.1)
-    trace = generate(600, 3, 0.05, seed=37)
+    trace = generate(600, 3, 0.05, seed=37)  # the stress grid's cell (rate 3.0: the same trace)
     res = simulate(trace, sc, POLICIES["qacloud"], 37, "qacloud")
     _green_and_drained(res)
 
@@ -388,6 +388,9 @@ def test_generator_round_trips_and_workday_profile_concentrates_arrivals():
     ]
     busy = sum(9 <= (c.arrival_ts / 3600) % 24 < 18 for c in trace)
     assert busy / len(trace) > 0.7
+    # a rate given as 3 or 3.0 is the same trace (the stress grid passes floats, tests ints)
+    assert generate(50, 3, 0.05, seed=37) == generate(50, 3.0, 0.05, seed=37)
+    assert generate(50, 3.0, 0.05, seed=37) != generate(50, 3.0, 0.05, seed=38)
 
 
 def test_limits_match_the_note():

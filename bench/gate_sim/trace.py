@@ -124,6 +124,8 @@ def generate(
             f"generate: need n > 0, rate > 0, 0 <= culprit rate < 1"
             f" (got {n}, {rate_per_hour}, {culprit_rate})"
         )
+    # the seed string spells numbers as floats: 3 and 3.0 give the same trace
+    rate_per_hour, culprit_rate = float(rate_per_hour), float(culprit_rate)
     rng = random.Random(f"trace:{seed}:{n}:{rate_per_hour}:{culprit_rate}:{workday}")
     busy = WORKDAY[1] - WORKDAY[0]
     peak = rate_per_hour * 24 * WORKDAY_SHARE / busy
