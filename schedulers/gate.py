@@ -64,6 +64,7 @@ from schedulers.events import (
 )
 from schedulers.outcome import Classified, classify
 from schedulers.policy import GatePolicy, config_from_settings
+from steps.marvin import BVT_STEP
 from workers import health as pool_health
 
 GATE_SCHEDULER = "gate"
@@ -873,7 +874,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
                     await self._act(a)
         await self._save()
         self._lend_idle_pools()
-        self._preempt_lent_pools()
+        await self._preempt_lent_pools()
 
     def _lend_idle_pools(self) -> None:
         """Publish the pools this decision left idle: only those may run a try build (workers/
@@ -888,17 +889,25 @@ class GateScheduler(ReconfigurableBaseScheduler):
                     botmaster.maybeStartBuildsForBuilder(name)
         self._idle = idle
 
-    def _preempt_lent_pools(self) -> None:
+    async def _preempt_lent_pools(self) -> None:
         """``try.preempt``: gate runs go first, also against a try build already running. Stop
         the try builds on the pools the policy needs back (``GatePolicy.needs_pools``; the one
         that started last first: the least work is lost) as RETRY, so Buildbot queues each
         again for a pool the gate leaves idle; its pool is the gate's once the build ends (its
-        teardown powers the hosts off). A developer's ``buildbot try --wait`` keeps waiting."""
-        if not self.preempt_try or self.policy is None:
+        teardown powers the hosts off). A developer's ``buildbot try --wait`` keeps waiting.
+        A try build whose tests are done is left to finish: it ends in moments, and stopping
+        it would throw its whole BVT away."""
+        if not self.preempt_try or self.policy is None or not self._lent:
             return
-        # pools already being taken back come first: the runs they will take need no other
-        coming = sorted(p for p, (b, _) in self._lent.items() if b in self._preempted)
-        lent = {p: b for p, (b, _) in self._lent.items() if b not in self._preempted}
+        # pools coming back anyway come first: the runs they will take need no other
+        coming, lent = [], {}
+        for pool, (buildid, _) in sorted(self._lent.items()):
+            if buildid in self._preempted or await self._tests_done(buildid):
+                coming.append(pool)
+            else:
+                lent[pool] = buildid
+        if not lent:
+            return
         for pool in self.policy.needs_pools([*coming, *sorted(lent, key=lambda p: -lent[p])]):
             if pool in coming:
                 continue
@@ -910,6 +919,11 @@ class GateScheduler(ReconfigurableBaseScheduler):
             self.master.mq.produce(
                 ("control", "builds", str(buildid), "stop"), {"reason": reason, "results": RETRY}
             )
+
+    async def _tests_done(self, buildid: int) -> bool:
+        """Whether build ``buildid`` finished its BVT test step (only teardown is left)."""
+        steps = await self.master.data.get(("builds", buildid, "steps"))
+        return any(st["name"] == BVT_STEP and st["complete"] for st in steps or [])
 
     async def _save_policy(self) -> None:
         assert self.policy is not None

@@ -39,6 +39,8 @@ from steps.testresults import (
     summary_text,
 )
 
+BVT_STEP = "bvt"  # the test step of every BVT build (the gate leaves a try build past it to finish)
+
 RESULT_SET = "BVT"  # description prefix of this step's test-result sets
 
 
@@ -134,7 +136,7 @@ class TestResultRecorder:
 class RunMarvin(TestResultRecorder, buildstep.ShellMixin, buildstep.BuildStep):
     """Marvin's BVT: one nose run per smoke test file (see module docstring)."""
 
-    name = "bvt"
+    name = BVT_STEP
     renderables = ["tags", "zone", "hypervisor", "config", "tests"]
 
     def __init__(
@@ -360,7 +362,7 @@ class RunDemoTests(TestResultRecorder, buildstep.ShellMixin, buildstep.BuildStep
     are appended to the command as test ids.
     """
 
-    name = "bvt"
+    name = BVT_STEP
 
     def __init__(self, **kwargs):
         kwargs = self.setupShellMixin(kwargs)

@@ -328,11 +328,9 @@ class GateHealthTests(GateHealthCase):
         self.assertNotEqual((yield self.pool_state("pool1"))[0], "unavailable")
 
     @defer.inlineCallbacks
-    def test_a_try_build_on_a_pool_the_gate_needs_is_stopped_as_retry_and_not_counted(self):
-        """try.preempt: both pools run try builds when a commit reaches staging. Off: nothing
-        is stopped. On: the try build that started last is stopped as RETRY (queued again),
-        once, and its end is not counted against its pool."""
-        rows = [fakedb.Builder(id=400, name="try-bvt")]
+    def lend_both_pools(self, extra_rows=()):
+        """Try builds 71 (on pool1) and 72 (pool2, started last) run: both pools are lent."""
+        rows = [fakedb.Builder(id=400, name="try-bvt"), *extra_rows]
         for n, pool in ((1, "pool1"), (2, "pool2")):
             rows += [
                 fakedb.Worker(id=n, name=f"{pool}-qavm"),
@@ -354,36 +352,54 @@ class GateHealthTests(GateHealthCase):
             yield self.sched._build_started(("builds", str(70 + n), "new"), msg)
         self.assertEqual(sorted(self.sched._lent), ["pool1", "pool2"])
 
-        def stops():
-            return [(k, v) for k, v in self.master.mq.productions if k[0] == "control" and k[-1] == "stop"]
+    def stops(self) -> list:
+        return [(k, v) for k, v in self.master.mq.productions if k[0] == "control" and k[-1] == "stop"]
 
-        def decide(sha: str):
-            event = StagingUpdated("m0", (sha,), now=1.0)
-            return self.sched._lock.run(lambda: defer.ensureDeferred(self.sched._process([event])))
+    def decide(self, sha: str):
+        """A commit reaches staging: the gate wants a pool for its tip run."""
+        event = StagingUpdated("m0", (sha,), now=1.0)
+        return self.sched._lock.run(lambda: defer.ensureDeferred(self.sched._process([event])))
 
+    @defer.inlineCallbacks
+    def test_a_try_build_on_a_pool_the_gate_needs_is_stopped_as_retry_and_not_counted(self):
+        """try.preempt: both pools run try builds when a commit reaches staging. Off: nothing
+        is stopped. On: the try build that started last is stopped as RETRY (queued again),
+        once, and its end is not counted against its pool."""
+        yield self.lend_both_pools()
         self.sched.preempt_try = False
-        yield decide("c1")
-        self.assertEqual(stops(), [])
+        yield self.decide("c1")
+        self.assertEqual(self.stops(), [])
         self.sched.preempt_try = True
-        yield decide("c2")
-        ((key, params),) = stops()
+        yield self.decide("c2")
+        ((key, params),) = self.stops()
         self.assertEqual(key, ("control", "builds", "72", "stop"))  # the newer try build
         self.assertEqual(params["results"], RETRY)
         self.assertIn("it needs pool pool2 for a gate run", params["reason"])
-        yield decide("c3")  # asked again before it ended: not stopped twice
-        self.assertEqual(len(stops()), 1)
+        yield self.decide("c3")  # asked again before it ended: not stopped twice, nor another
+        self.assertEqual(len(self.stops()), 1)
         yield self.master.db.builds.finishBuild(buildid=72, results=RETRY)
         yield self.sched._build_finished(
             ("builds", "72", "finished"), {"buildid": 72, "builderid": 400, "results": RETRY}
         )
         self.assertFalse(self.sched.health.counted(72))
         self.assertNotIn("pool2", self.sched._lent)
-        # without preemption a RETRY of a try build does count (a lost worker, say)
+        # a RETRY of a try build the gate did not stop does count (a lost worker, say)
         yield self.master.db.builds.finishBuild(buildid=71, results=RETRY)
         yield self.sched._build_finished(
             ("builds", "71", "finished"), {"buildid": 71, "builderid": 400, "results": RETRY}
         )
         self.assertTrue(self.sched.health.counted(71))
+
+    @defer.inlineCallbacks
+    def test_a_try_build_past_its_tests_is_left_to_finish(self):
+        """The newer try build finished its BVT step (only teardown left): stopping it would
+        throw its results away, and its pool takes the gate's run in moments; the other try
+        build is not stopped in its place either."""
+        done = fakedb.Step(id=60, buildid=72, number=3, name="bvt", results=0, started_at=2, complete_at=5)
+        yield self.lend_both_pools([done])
+        self.sched.preempt_try = True
+        yield self.decide("c1")
+        self.assertEqual(self.stops(), [])
 
 
 class HealthCatchUpAfterRestart(GateHealthCase):
