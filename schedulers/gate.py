@@ -411,7 +411,9 @@ class GateScheduler(ReconfigurableBaseScheduler):
         if pool in self._offline:
             return PoolUnavailable(pool, self._offline_reason(pool), now)
         if pool in self._lent:
-            return PoolUnavailable(pool, f"running {self._lent[pool][1]}", now, lent=True)
+            buildid, what = self._lent[pool]
+            stopping = ", being stopped: the gate needs the pool" if buildid in self._preempted else ""
+            return PoolUnavailable(pool, f"running {what}{stopping}", now, lent=True)
         return PoolAvailable(pool, now)
 
     def _unusable(self, pool: str) -> str | None:
@@ -874,7 +876,9 @@ class GateScheduler(ReconfigurableBaseScheduler):
                     await self._act(a)
         await self._save()
         self._lend_idle_pools()
-        await self._preempt_lent_pools()
+        taken_back = await self._preempt_lent_pools()
+        if taken_back:  # the pools' new reason, for the dashboard (each is stopped only once)
+            await self._process([self._pool_event(p) for p in taken_back])
 
     def _lend_idle_pools(self) -> None:
         """Publish the pools this decision left idle: only those may run a try build (workers/
@@ -889,16 +893,16 @@ class GateScheduler(ReconfigurableBaseScheduler):
                     botmaster.maybeStartBuildsForBuilder(name)
         self._idle = idle
 
-    async def _preempt_lent_pools(self) -> None:
+    async def _preempt_lent_pools(self) -> list[str]:
         """``try.preempt``: gate runs go first, also against a try build already running. Stop
         the try builds on the pools the policy needs back (``GatePolicy.needs_pools``; the one
         that started last first: the least work is lost) as RETRY, so Buildbot queues each
         again for a pool the gate leaves idle; its pool is the gate's once the build ends (its
         teardown powers the hosts off). A developer's ``buildbot try --wait`` keeps waiting.
         A try build whose tests are done is left to finish: it ends in moments, and stopping
-        it would throw its whole BVT away."""
+        it would throw its whole BVT away. Returns the pools whose try build it stopped."""
         if not self.preempt_try or self.policy is None or not self._lent:
-            return
+            return []
         # pools coming back anyway come first: the runs they will take need no other
         coming, lent = [], {}
         for pool, (buildid, _) in sorted(self._lent.items()):
@@ -907,10 +911,10 @@ class GateScheduler(ReconfigurableBaseScheduler):
             else:
                 lent[pool] = buildid
         if not lent:
-            return
-        for pool in self.policy.needs_pools([*coming, *sorted(lent, key=lambda p: -lent[p])]):
-            if pool in coming:
-                continue
+            return []
+        needed = self.policy.needs_pools([*coming, *sorted(lent, key=lambda p: -lent[p])])
+        stopped = [p for p in needed if p not in coming]
+        for pool in stopped:
             buildid = lent[pool]
             what = self._lent[pool][1]
             self._preempted[buildid] = pool
@@ -919,6 +923,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
             self.master.mq.produce(
                 ("control", "builds", str(buildid), "stop"), {"reason": reason, "results": RETRY}
             )
+        return stopped
 
     async def _tests_done(self, buildid: int) -> bool:
         """Whether build ``buildid`` finished its BVT test step (only teardown is left)."""

@@ -375,6 +375,8 @@ class GateHealthTests(GateHealthCase):
         self.assertEqual(key, ("control", "builds", "72", "stop"))  # the newer try build
         self.assertEqual(params["results"], RETRY)
         self.assertIn("it needs pool pool2 for a gate run", params["reason"])
+        view = self.sched.policy.view()["pools"]["pool2"]  # what the dashboard shows
+        self.assertEqual(view["reason"], "running try-bvt build #2, being stopped: the gate needs the pool")
         yield self.decide("c3")  # asked again before it ended: not stopped twice, nor another
         self.assertEqual(len(self.stops()), 1)
         yield self.master.db.builds.finishBuild(buildid=72, results=RETRY)
