@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bench import hotpaths
-from bench.gate_sim import cli
+from bench.gate_sim import cli, stress
 from bench.gate_sim.metrics import P95_BOUND_HOURS, SLOPE_BOUND, runs_limit, summarise
 from bench.gate_sim.policies import POLICIES
 from bench.gate_sim.sim import Scenario
@@ -42,12 +42,43 @@ def plot(sweep: dict, key: str, ylabel: str, path: Path, limit: float | None = N
     plt.close(fig)
 
 
+def stress_markdown(cells: list[dict], seeds: int) -> list[str]:
+    """The stress grid's section: the gate under every configuration switch and hard scenario
+    (bench/gate_sim/stress.py), totals and every cell with a problem."""
+    if not cells:
+        return ["", "## Every scenario (stress grid)", "", "Skipped (`--stress-seeds 0`)."]
+    main_cells = [c for c in cells if not c.get("overload")]
+    total = {k: sum(c[k] for c in cells) for k in ("breakage", "illegal", "violations")}
+    worst = max(main_cells, key=lambda c: c["false_rejections"] / max(c["innocent"], 1))
+    md = [
+        "",
+        "## Every scenario (stress grid)",
+        "",
+        "The shipped gate under every configuration switch and hard scenario (more flakes, more "
+        "culprits, broken infrastructure, 1 or 6 pools, late reverts and fixes, full-length "
+        "probes, long BVTs, per-test flakes; `python -m bench.gate_sim.stress`), every promotion "
+        "checked, plus an overload scenario past the gate's capacity:",
+        "",
+        f"- {stress.summary(main_cells, seeds, 400, (1.0, 3.0))};",
+        f"- master breakage {total['breakage']}, illegal promotions {total['illegal']}, simulator "
+        f"violations {total['violations']} in all {len(cells)} cells (overload included);",
+        f"- the highest false-rejection share of a cell: "
+        f"{100 * worst['false_rejections'] / max(worst['innocent'], 1):.3f} % "
+        f"({worst['config'] or 'default'} | {worst['scenario']} | {worst['rate']:g}/h; bound 0.1 %).",
+    ]
+    md += [stress.cell_line(c) for c in cells if c["problems"] or c.get("overload")]
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--commits", type=int, default=1000, help="commits in the default scenario")
     ap.add_argument("--sweep-commits", type=int, default=1000)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument(
+        "--stress-seeds", type=int, default=15, help="seeds per cell of the stress grid (0: skip it)"
+    )
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(sweep, "latency_median", "median commit→master latency (h)", out / "latency_vs_rate.png")
     plot(sweep, "latency_p95", "p95 commit→master latency (h)", out / "latency_p95_vs_rate.png")
     plot(sweep, "runs_per_commit", "BVT runs per commit", out / "runs_vs_rate.png", runs_limit(0.05, 0.02))
+    cells = stress.grid(args.stress_seeds, include_overload=True) if args.stress_seeds > 0 else []
     hot = hotpaths.run_all()
     elapsed = time.perf_counter() - t0
     md = [
@@ -105,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {row['latency_median']:.2f} | {row['latency_p95']:.2f} | {row['latency_slope']:.3f} "
                 f"| {100 * row['unpromoted_frac']:.1f} | {100 * row['false_rejection_rate']:.2f} |"
             )
+    md += stress_markdown(cells, args.stress_seeds)
     md += ["", "## Hot paths (ratio to a baseline measured in the same run)", ""]
     md += ["| path | measured | baseline | ratio | target | note |", "|---|---|---|---|---|---|"]
     for h in hot:
@@ -129,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "summaries": [s.to_json() for s in summaries],
         "sweep": sweep,
         "hotpaths": hot,
+        "stress": [{k: v for k, v in c.items() if k != "seeds"} | {"bad_seeds": c["seeds"]} for c in cells],
         "seconds": elapsed,
     }
     (out / "results.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")

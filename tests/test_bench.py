@@ -221,6 +221,36 @@ def test_stress_every_configuration_switch_keeps_master_green_and_the_queue_movi
     assert "- {'bisect_failed_tests_only': False} | default | 1/h: unsafe; breakage 1" in out
 
 
+def test_make_bench_reports_the_stress_grid_with_every_problem_named(monkeypatch):
+    """``make bench``'s "Every scenario" section: totals over the grid and the overload
+    scenario, the worst false-rejection share, and every cell with a problem."""
+    from bench import __main__ as bench_main
+    from bench.gate_sim import stress
+
+    def cell(problems=(), **kw):
+        base = {"config": {}, "scenario": "default", "rate": 1.0, "seeds": [], "breakage": 0}
+        base |= {"illegal": 0, "violations": 0, "unpromoted": 0, "false_rejections": 0, "innocent": 1000}
+        return base | {"problems": list(problems)} | kw
+
+    clean = [
+        cell(),
+        cell(scenario="1 pool", false_rejections=1, rate=3.0),
+        cell(overload=True, unpromoted=40),
+    ]
+    md = "\n".join(bench_main.stress_markdown(clean, 15))
+    assert "## Every scenario (stress grid)" in md
+    assert f"{len(stress.CONFIGS)} configurations x {len(stress.SCENARIOS)} scenarios" in md
+    assert "2 cells, 0 with problems" in md
+    assert "master breakage 0, illegal promotions 0, simulator violations 0 in all 3 cells" in md
+    assert "0.100 % (default | 1 pool | 3/h; bound 0.1 %)" in md
+    assert "| default | 1/h: ok; breakage 0" in md and "unpromoted 40" in md  # the overload cell
+    unsafe = cell(["unsafe"], config={"speculate": False}, breakage=2, seeds=[(3, 0, "master broken")])
+    md = "\n".join(bench_main.stress_markdown([*clean, unsafe], 15))
+    assert "master breakage 2" in md and "3 cells, 1 with problems (unsafe 1)" in md
+    assert "- {'speculate': False} | default | 1/h: unsafe; breakage 2" in md
+    assert "Skipped" in "\n".join(bench_main.stress_markdown([], 0))
+
+
 def test_after_an_alert_a_hunts_filtered_probe_does_not_count_as_a_failed_tip():
     """Seed 6 at 4/h, 5 % flakes, developers' fixes 12 h after an alert, no detection runs
     behind a block: after an alert new tips stay worth a run until ``REALERT_TIPS`` of them

@@ -131,6 +131,45 @@ def stress(
     return out
 
 
+def grid(
+    seeds: int = 15,
+    commits: int = 400,
+    rates: tuple[float, ...] = (1.0, 3.0),
+    include_overload: bool = False,
+    jobs: int | None = None,
+) -> list[dict[str, Any]]:
+    """The whole grid (``stress``), plus the overload scenario whose only problem can be "unsafe"."""
+    cells = stress(seeds, commits, rates, jobs=jobs)
+    if include_overload:
+        for c in stress(seeds, commits, (3.0,), [0], [OVERLOAD], jobs):
+            c["problems"] = [p for p in c["problems"] if p == "unsafe"]
+            c["overload"] = True
+            cells.append(c)
+    return cells
+
+
+def summary(cells: list[dict[str, Any]], seeds: int, commits: int, rates: tuple[float, ...]) -> str:
+    """One line: what ran and how many cells had problems, by kind."""
+    bad = [c for c in cells if c["problems"]]
+    counts = collections.Counter(p for c in bad for p in c["problems"])
+    listed = ", ".join(f"{r:g}" for r in rates)
+    return (
+        f"{len(CONFIGS)} configurations x {len(SCENARIOS)} scenarios x rates {listed} x {seeds}"
+        f" seeds x {commits} commits: {len(cells)} cells, {len(bad)} with problems"
+        + (f" ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})" if counts else "")
+    )
+
+
+def cell_line(c: dict[str, Any]) -> str:
+    share = 100 * c["false_rejections"] / max(c["innocent"], 1)
+    verdict = ", ".join(c["problems"]) or "ok"
+    return (
+        f"- {c['config'] or 'default'} | {c['scenario']} | {c['rate']:g}/h: {verdict};"
+        f" breakage {c['breakage']}, illegal {c['illegal']}, violations {c['violations']},"
+        f" unpromoted {c['unpromoted']}, false rejections {share:.3f} %; seeds {c['seeds'][:4]}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gate_sim.stress", description=__doc__)
     ap.add_argument("--seeds", type=int, default=15)
@@ -145,29 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--rates: not a comma-separated list of numbers: {args.rates!r}")
     if not rates or args.seeds < 1 or args.commits < 1:
         ap.error("--rates needs at least one rate; --seeds and --commits must be at least 1")
-    cells = stress(args.seeds, args.commits, rates, jobs=args.jobs)
-    if args.include_overload:
-        for c in stress(args.seeds, args.commits, (3.0,), [0], [OVERLOAD], args.jobs):
-            c["problems"] = [p for p in c["problems"] if p == "unsafe"]
-            c["overload"] = True
-            cells.append(c)
+    cells = grid(args.seeds, args.commits, rates, args.include_overload, args.jobs)
     bad = [c for c in cells if c["problems"]]
-    counts = collections.Counter(p for c in bad for p in c["problems"])
-    listed = ", ".join(f"{r:g}" for r in rates)
-    print(
-        f"{len(CONFIGS)} configurations x {len(SCENARIOS)} scenarios x rates {listed} x {args.seeds}"
-        f" seeds x {args.commits} commits: {len(cells)} cells, {len(bad)} with problems"
-        + (f" ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})" if counts else "")
-    )
+    print(summary(cells, args.seeds, args.commits, rates))
     for c in cells:
         if c["problems"] or c.get("overload"):
-            share = 100 * c["false_rejections"] / max(c["innocent"], 1)
-            verdict = ", ".join(c["problems"]) or "ok"
-            print(
-                f"- {c['config'] or 'default'} | {c['scenario']} | {c['rate']:g}/h: {verdict};"
-                f" breakage {c['breakage']}, illegal {c['illegal']}, violations {c['violations']},"
-                f" unpromoted {c['unpromoted']}, false rejections {share:.3f} %; seeds {c['seeds'][:4]}"
-            )
+            print(cell_line(c))
     return 1 if bad else 0
 
 
