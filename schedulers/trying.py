@@ -108,16 +108,38 @@ class _RetryAwareBuild(RemoteBuild):
     """A try build as ``buildbot try --wait`` sees it. One that ends RETRY was stopped to run
     again (its worker lost, the master restarted, or the gate took its pool back:
     ``try.preempt``), so it is not the request's result: the stock client would report "retry"
-    and exit 1. It never answers ``waitUntilFinished``; the client is told of the request's
-    next build (``newbuild``) and waits for that one instead."""
+    and exit 1. Its ``waitUntilFinished`` answers only if the request ends with no later build
+    (cancelled while queued again); otherwise the client is told of the request's next build
+    (``newbuild``) and waits for that one instead."""
 
     @defer.inlineCallbacks
     def remote_waitUntilFinished(self):
         yield super().remote_waitUntilFinished()
         build = yield self.master.data.get(("builds", self.builddict["buildid"]))
         if build and build.get("results") == RETRY:
-            yield defer.Deferred()  # the next build of the request answers instead
+            yield self._request_ended()
+            brid = self.builddict["buildrequestid"]
+            builds = yield self.master.data.get(("buildrequests", brid, "builds"))
+            if any(b["buildid"] > self.builddict["buildid"] for b in builds or []):
+                yield defer.Deferred()  # never: the later build answers the client
         return self
+
+    @defer.inlineCallbacks
+    def _request_ended(self):
+        brid = self.builddict["buildrequestid"]
+        ended: defer.Deferred = defer.Deferred()
+
+        def complete(key, msg):
+            if not ended.called:
+                ended.callback(None)
+
+        consumer = yield self.master.mq.startConsuming(complete, ("buildrequests", str(brid), "complete"))
+        try:
+            request = yield self.master.data.get(("buildrequests", brid))
+            if not (request and request.get("complete")):
+                yield ended
+        finally:
+            consumer.stopConsuming()
 
 
 class _RetryAwareSubscriber:

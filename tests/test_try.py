@@ -277,12 +277,14 @@ new file mode 100644
 """
 
 
-def test_the_gate_takes_its_pool_back_from_a_running_try_build(tmp_path):
+@pytest.mark.parametrize("then", ["runs again", "is cancelled while queued again"])
+def test_the_gate_takes_its_pool_back_from_a_running_try_build(tmp_path, then):
     """try.preempt (on by default): a developer's try build holds the only pool when a commit
-    reaches staging. The gate stops it as RETRY, runs and promotes the commit, and Buildbot runs
-    the try again once the gate leaves the pool idle: ``buildbot try --wait`` reports its
-    success, the developer gets one mail (its result, not the stopped build's), and the stop is
-    not counted against the pool."""
+    reaches staging. The gate stops it as RETRY and runs and promotes the commit; the stop is
+    not counted against the pool. Then either Buildbot runs the try again once the gate leaves
+    the pool idle: ``buildbot try --wait`` reports its success and the developer gets one mail
+    (its result, not the stopped build's); or an admin cancels the queued try meanwhile:
+    the client reports the stopped build and exits instead of waiting for good."""
     gen = _deployed(tmp_path, PREEMPT_SUITE)
     dep, proj, smtp = next(gen)
     try:
@@ -307,24 +309,24 @@ def test_the_gate_takes_its_pool_back_from_a_running_try_build(tmp_path):
         (first,) = wait_for(
             lambda: [b for b in try_builds() if not b["complete"]], 60, "the try build running"
         )
-        (proj.work / "slow.txt").unlink()
-        tip = proj.commit("make the suite fast", {})
+        if then == "runs again":
+            (proj.work / "slow.txt").unlink()  # the gate's run is quick
+        tip = proj.commit("a change", {"notes/1.txt": "1\n"})
         proj.push_staging()
+        wait_for(lambda: m.api(f"builds/{first['buildid']}")["builds"][0]["complete"], 60, "the try stopped")
+        if then == "is cancelled while queued again":  # the gate's run takes 20 s: cancel meanwhile
+            status, body = m.rpc(
+                f"buildrequests/{first['buildrequestid']}", "cancel", {"reason": "not needed"}, user="admin"
+            )
+            assert status == 200, body
         wait_for(lambda: proj.head("master") == tip, 120, "the commit promoted")
         client.join(240)
-        assert result.get("rc") == 0 and "try-bvt: success" in result["out"], result
-        stopped, retried = try_builds()
+        assert "rc" in result, "buildbot try --wait still waiting"
+        stopped = try_builds()[0]
         assert stopped["buildid"] == first["buildid"] and stopped["results"] == RETRY, stopped
         assert "preempted by the qacloud gate" in stopped["state_string"], stopped
-        assert retried["results"] == 0, retried
         (gated,) = [b for b in m.builds() if b["builderid"] == builders["gate-bvt"]]
-        assert gated["results"] == 0
-        # the gate's run took the pool once the try build was stopped, before the try ran again
-        assert stopped["complete_at"] <= gated["started_at"] <= retried["started_at"], (
-            stopped,
-            gated,
-            retried,
-        )
+        assert gated["results"] == 0 and stopped["complete_at"] <= gated["started_at"], (stopped, gated)
         log = (m.basedir / "twistd.log").read_text()
         assert "gate: pool pool1: stopping try-bvt build #1 (preempted by the qacloud gate" in log, log[
             -3000:
@@ -332,11 +334,17 @@ def test_the_gate_takes_its_pool_back_from_a_running_try_build(tmp_path):
         assert "after the gate took its pool pool1 back: not counted against the pool" in log
         health = gate_state(dep, "health") or {}
         assert "pool1" not in json.dumps(health.get("quarantined", {})), health
+        if then == "is cancelled while queued again":
+            assert result["rc"] == 1 and "try-bvt: retry" in result["out"], result
+            assert len(try_builds()) == 1
+            return
+        assert result["rc"] == 0 and "try-bvt: success" in result["out"], result
+        _, retried = try_builds()
+        assert retried["results"] == 0 and gated["started_at"] <= retried["started_at"], (gated, retried)
         mail = smtp.inbox.wait(lambda msg: "try run" in msg["Subject"], what="the try submitter's mail")
         assert "success" in mail["Subject"], mail["Subject"]
         time.sleep(1)
-        assert [msg["Subject"] for msg in smtp.inbox.messages if "try run" in msg["Subject"]] == [
-            mail["Subject"]
-        ]
+        subjects = [msg["Subject"] for msg in smtp.inbox.messages if "try run" in msg["Subject"]]
+        assert subjects == [mail["Subject"]]
     finally:
         gen.close()
