@@ -59,7 +59,7 @@ def stress_markdown(cells: list[dict], seeds: int) -> list[str]:
         "probes, long BVTs, per-test flakes; `python -m bench.gate_sim.stress`), every promotion "
         "checked, plus an overload scenario past the gate's capacity:",
         "",
-        f"- {stress.summary(main_cells, seeds, 400, (1.0, 3.0))};",
+        f"- {stress.summary(main_cells, seeds, stress.COMMITS, stress.RATES)};",
         f"- master breakage {total['breakage']}, illegal promotions {total['illegal']}, simulator "
         f"violations {total['violations']} in all {len(cells)} cells (overload included);",
         f"- the highest false-rejection share of a cell: "
@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument(
-        "--stress-seeds", type=int, default=15, help="seeds per cell of the stress grid (0: skip it)"
+        "--stress-seeds",
+        type=int,
+        default=stress.SEEDS,
+        help="seeds per cell of the stress grid (0: skip it)",
     )
     args = ap.parse_args(argv)
     out = Path(args.out)

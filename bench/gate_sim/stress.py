@@ -63,6 +63,7 @@ SCENARIOS: list[tuple[str, dict[str, Any], float]] = [
 ]
 OVERLOAD = ("overload: culprits 15 %, infra 15 %", {"infra_rate": 0.15}, 0.15)
 FALSE_REJECTION_BOUND = 0.001
+SEEDS, COMMITS, RATES = 15, 400, (1.0, 3.0)  # the grid's defaults (here and in ``make bench``)
 
 
 def run_cell(job: tuple[int, tuple[str, dict[str, Any], float], float, int, int]) -> dict[str, Any]:
@@ -85,9 +86,9 @@ def run_cell(job: tuple[int, tuple[str, dict[str, Any], float], float, int, int]
 
 
 def stress(
-    seeds: int = 15,
-    commits: int = 400,
-    rates: tuple[float, ...] = (1.0, 3.0),
+    seeds: int = SEEDS,
+    commits: int = COMMITS,
+    rates: tuple[float, ...] = RATES,
     configs: list[int] | None = None,
     scenarios: list[tuple[str, dict[str, Any], float]] | None = None,
     jobs: int | None = None,
@@ -132,9 +133,9 @@ def stress(
 
 
 def grid(
-    seeds: int = 15,
-    commits: int = 400,
-    rates: tuple[float, ...] = (1.0, 3.0),
+    seeds: int = SEEDS,
+    commits: int = COMMITS,
+    rates: tuple[float, ...] = RATES,
     include_overload: bool = False,
     jobs: int | None = None,
 ) -> list[dict[str, Any]]:
@@ -172,9 +173,11 @@ def cell_line(c: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gate_sim.stress", description=__doc__)
-    ap.add_argument("--seeds", type=int, default=15)
-    ap.add_argument("--commits", type=int, default=400)
-    ap.add_argument("--rates", default="1,3", help="comma-separated commits per hour")
+    ap.add_argument("--seeds", type=int, default=SEEDS)
+    ap.add_argument("--commits", type=int, default=COMMITS)
+    ap.add_argument(
+        "--rates", default=",".join(f"{r:g}" for r in RATES), help="comma-separated commits per hour"
+    )
     ap.add_argument("--include-overload", action="store_true")
     ap.add_argument("--jobs", type=int, default=None)
     args = ap.parse_args(argv)
