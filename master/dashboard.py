@@ -30,6 +30,7 @@ from twisted.internet.threads import blockingCallFromThread
 from master.builders import GATE_BUILDER, TRY_BUILDER
 from master.inventory import Inventory
 from master.settings import Settings
+from schedulers.events import POOL_CAUSES
 
 DASHBOARD_NAME = "gate"
 VIEW_OBJECT = ("gate", "GateScheduler")
@@ -200,7 +201,7 @@ class GatePage:
                 {
                     "name": name,
                     "state": state,
-                    "label": _pool_label(state, reason),
+                    "label": _pool_label(state, p.get("cause")),
                     "run_id": p.get("run_id"),
                     "commit": p.get("commit"),
                     "reason": reason,
@@ -251,7 +252,10 @@ class GatePage:
             state, text = "green", "Green: master is the staging tip"
         for p in self.pools():
             if p["state"] == "unavailable" and p["label"] != "lent":
-                why = (p["reason"] or "").removeprefix("quarantined: ") or "no reason recorded"
+                why = p["reason"] or ""
+                if p["label"] == "quarantined":
+                    why = why.removeprefix("quarantined: ")  # (the label says it)
+                why = why or "no reason recorded"
                 attention.append(f"pool {p['name']} {p['label']}: {why}")
         return {"state": state, "text": text, "attention": attention}
 
@@ -283,17 +287,12 @@ class GatePage:
         return {"good": good, "buggy": buggy}
 
 
-def _pool_label(state: str, reason: str | None) -> str:
-    """What an unavailable pool is, from the gate's reason: quarantined (infrastructure
-    failures), offline (its worker not connected), lent (running a try build) or unavailable
-    (e.g. gone from the inventory)."""
+def _pool_label(state: str, cause: str | None) -> str:
+    """What a pool is: its state, or for an unavailable one the gate's ``cause`` (quarantined,
+    offline, lent to a try build, or unavailable, e.g. gone from the inventory)."""
     if state != "unavailable":
         return state
-    if (reason or "").startswith("quarantined"):
-        return "quarantined"
-    if (reason or "").startswith("running "):
-        return "lent"  # running a try build: the gate's again when it ends
-    return "offline" if (reason or "").startswith("worker ") else "unavailable"
+    return cause if cause in POOL_CAUSES else "unavailable"
 
 
 def _short(sha: str | None) -> str:

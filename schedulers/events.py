@@ -56,16 +56,30 @@ class PoolAvailable:
     now: float = 0.0
 
 
+POOL_CAUSES = ("quarantined", "offline", "lent", "unavailable")
+
+
 @dataclass(frozen=True)
 class PoolUnavailable:
-    """A pool was quarantined or taken away (runs on it are not cancelled by this event), or is
-    ``lent``: its one build slot runs other work for a while (a try build), so a run the gate
-    gave it cannot have started; that run is cancelled and planned again, never counted."""
+    """A pool cannot take gate runs, and why (``cause``, one of ``POOL_CAUSES``; ``reason``
+    says it to a human): quarantined after infrastructure failures, offline (its worker is
+    not connected) or unavailable otherwise (e.g. gone from the inventory); runs on it are not
+    cancelled by this event. Or it is ``lent``: its one build slot runs other work for a while
+    (a try build), so a run the gate gave it cannot have started; that run is cancelled and
+    planned again, never counted."""
 
     pool: str
     reason: str = ""
     now: float = 0.0
-    lent: bool = False
+    cause: str = "unavailable"
+
+    def __post_init__(self) -> None:
+        if self.cause not in POOL_CAUSES:
+            raise ValueError(f"pool {self.pool}: cause {self.cause!r} is not one of {', '.join(POOL_CAUSES)}")
+
+    @property
+    def lent(self) -> bool:
+        return self.cause == "lent"
 
 
 @dataclass(frozen=True)

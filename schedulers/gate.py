@@ -407,13 +407,13 @@ class GateScheduler(ReconfigurableBaseScheduler):
         assert self.health is not None
         now = self._now()
         if self.health.is_quarantined(pool):
-            return PoolUnavailable(pool, f"quarantined: {self.health.reason(pool)}", now)
+            return PoolUnavailable(pool, f"quarantined: {self.health.reason(pool)}", now, "quarantined")
         if pool in self._offline:
-            return PoolUnavailable(pool, self._offline_reason(pool), now)
+            return PoolUnavailable(pool, self._offline_reason(pool), now, "offline")
         if pool in self._lent:
             buildid, what = self._lent[pool]
             stopping = ", being stopped: the gate needs the pool" if buildid in self._preempted else ""
-            return PoolUnavailable(pool, f"running {what}{stopping}", now, lent=True)
+            return PoolUnavailable(pool, f"running {what}{stopping}", now, "lent")
         return PoolAvailable(pool, now)
 
     def _unusable(self, pool: str) -> str | None:

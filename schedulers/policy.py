@@ -175,6 +175,11 @@ class GatePolicy:
         for key, empty in (("clock", None), ("arrived", {}), ("arrivals", []), ("durations", [])):
             s.setdefault(key, empty)  # (... before round 7)
         s.setdefault("filtered", {"runs": 0, "flakes": 0, "tests": {}})  # (... before round 13)
+        for p in s["pools"].values():  # (... before pool causes: a lent flag; the others
+            # are told again by the scheduler's pool events at start-up)
+            if p["state"] == "unavailable":
+                p.setdefault("cause", "lent" if p.get("lent") else "unavailable")
+            p.pop("lent", None)
         self._s = s
         self._index = {c: i for i, c in enumerate(s["candidates"])}
         self._parent_wanted: set[str] = set()  # per plan: tests to ask master about
@@ -207,8 +212,7 @@ class GatePolicy:
             p = self._s["pools"].setdefault(event.pool, {"state": "idle", "run_id": None, "reason": ""})
             if event.lent and p["run_id"] is not None and p["run_id"] in self._s["runs"]:
                 self._cancel(p["run_id"], f"pool {event.pool} is running other work: planned again", out)
-            p["state"], p["reason"] = "unavailable", event.reason
-            p["lent"] = event.lent
+            p["state"], p["reason"], p["cause"] = "unavailable", event.reason, event.cause
         elif isinstance(event, Promoted):
             self._on_promoted(event, out)
         elif isinstance(event, Tick):
@@ -353,6 +357,7 @@ class GatePolicy:
                 "run_id": p["run_id"],
                 "commit": run["commit"] if run else None,
                 "reason": p["reason"],
+                "cause": p.get("cause") if p["state"] == "unavailable" else None,
             }
         return {
             "master": s["master"],
@@ -574,7 +579,7 @@ class GatePolicy:
 
     def _on_pool_available(self, ev: PoolAvailable) -> None:
         p = self._s["pools"].setdefault(ev.pool, {"state": "idle", "run_id": None, "reason": ""})
-        lent = p.pop("lent", False)
+        lent = p.pop("cause", None) == "lent"
         was_unavailable = p["state"] == "unavailable"
         if p["run_id"] is None:
             p["state"] = "idle"

@@ -114,6 +114,7 @@ def gate_view(master_sha: str, good: str, culprit: str, after: str) -> dict:
                 "commit": None,
                 "reason": "quarantined: 3 consecutive infrastructure failures"
                 " (last: BMC 127.0.0.1:16021 timeout)",
+                "cause": "quarantined",
             },
         },
         "promotions": [
@@ -195,15 +196,29 @@ def test_the_status_line_says_what_the_gate_is_doing_and_what_needs_a_human():
         "state": "unavailable",
         "run_id": None,
         "reason": "worker pool1-qavm not connected since 2026-11-26 06:05 UTC",
+        "cause": "offline",
     }
     html = render_gate(v, [], ["pool1", "pool2"])
     attention = html.split('id="attention"')[1].split("</div>")[0]
     assert "pool pool1 offline: worker pool1-qavm not connected since 2026-11-26 06:05 UTC" in attention
     assert "offline" in html.split('id="pools"')[1].split("</table>")[0]
     v["pools"]["pool1"] = {"state": "unavailable", "run_id": None, "reason": "running try-bvt build #4"}
+    v["pools"]["pool1"]["cause"] = "lent"
     html = render_gate(v, [], ["pool1", "pool2"])
     assert "pool1" not in html.split('id="attention"')[1].split("</div>")[0]  # lent: nothing wrong
     assert "lent" in html.split('id="pools"')[1].split("</table>")[0]
+    # the label is the gate's cause, never read from the words of the reason
+    v["pools"]["pool1"] = {"state": "unavailable", "run_id": None, "reason": "running out of disk"}
+    v["pools"]["pool1"]["cause"] = "quarantined"
+    html = render_gate(v, [], ["pool1", "pool2"])
+    assert "pool pool1 quarantined: running out of disk" in html.split('id="attention"')[1].split("</div>")[0]
+    v["pools"]["pool1"] = {
+        "state": "unavailable",
+        "run_id": None,
+        "reason": "quarantined: a view without a cause",
+    }
+    html = render_gate(v, [], ["pool1", "pool2"])  # (a view saved before causes: told again at start-up)
+    assert "pool pool1 unavailable: quarantined: a view without a cause" in html
     v["pools"]["pool1"] = {"state": "idle", "run_id": None, "reason": None}
 
     v["pools"]["pool2"]["state"] = "idle"

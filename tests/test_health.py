@@ -182,6 +182,7 @@ class GateHealthTests(GateHealthCase):
         view = yield self.sched.getState("view")
         self.assertEqual(view["pools"]["pool2"]["state"], "unavailable")
         self.assertIn("quarantined", view["pools"]["pool2"]["reason"])
+        self.assertEqual(view["pools"]["pool2"]["cause"], "quarantined")
         health = yield self.sched.getState("health")
         self.assertIn("pool2", health["quarantined"])
         # back to service
@@ -215,6 +216,11 @@ class GateHealthTests(GateHealthCase):
         return view["pools"][pool]["state"], view["pools"][pool]["reason"]
 
     @defer.inlineCallbacks
+    def pool_cause(self, pool: str):
+        view = yield self.sched.getState("view")
+        return view["pools"][pool]["cause"]
+
+    @defer.inlineCallbacks
     def test_a_pool_whose_worker_stays_disconnected_is_offline_until_it_connects(self):
         for pool in ("pool1", "pool2"):
             yield self.sched._on_worker_changed(pool, True)
@@ -227,6 +233,7 @@ class GateHealthTests(GateHealthCase):
         state, reason = yield self.pool_state("pool2")
         self.assertEqual(state, "unavailable")
         self.assertRegex(reason, r"^worker pool2-qavm not connected since \d{4}-\d\d-\d\d \d\d:\d\d UTC$")
+        self.assertEqual((yield self.pool_cause("pool2")), "offline")
         self.assertNotEqual((yield self.pool_state("pool1"))[0], "unavailable")
         yield self.sched._on_worker_changed("pool2", True)
         state, reason = yield self.pool_state("pool2")
@@ -249,6 +256,7 @@ class GateHealthTests(GateHealthCase):
         state, reason = yield self.pool_state("pool2")
         self.assertEqual(state, "unavailable")
         self.assertTrue(reason.startswith("worker pool2-qavm not connected since"), reason)
+        self.assertEqual((yield self.pool_cause("pool2")), "offline")  # no longer quarantined
         yield self.sched._on_worker_changed("pool2", True)
         state, reason = yield self.pool_state("pool2")
         self.assertNotEqual(state, "unavailable")
@@ -319,6 +327,7 @@ class GateHealthTests(GateHealthCase):
         # a lent pool, as the gate sees it while the try build runs
         yield self.sched._build_started(("builds", "92", "new"), msg)
         self.assertEqual((yield self.pool_state("pool1")), ("unavailable", "running try-bvt build #1"))
+        self.assertEqual((yield self.pool_cause("pool1")), "lent")
         self.assertFalse(pool_health.may_lend("pool1"))
         yield self.sched._check_lent()  # still running: stays lent
         self.assertIn("pool1", self.sched._lent)

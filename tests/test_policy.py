@@ -500,9 +500,20 @@ def test_a_run_on_a_pool_lent_to_a_try_build_is_planned_again_elsewhere_and_neve
     p = GatePolicy(PolicyConfig(speculate=False, max_inconclusive_retries=0))
     p.handle(StagingUpdated("m", ("a", "b")))
     (run,) = p.handle(PoolAvailable("p1"))
-    acts = p.handle(PoolUnavailable("p1", "running try-bvt build #3", lent=True))
+    acts = p.handle(PoolUnavailable("p1", "running try-bvt build #3", cause="lent"))
     assert acts == [CancelRun(run.run_id, "pool p1 is running other work: planned again")]
-    assert p.view()["pools"]["p1"]["state"] == "unavailable"
+    view = p.view()["pools"]["p1"]
+    assert (view["state"], view["cause"], view["reason"]) == (
+        "unavailable",
+        "lent",
+        "running try-bvt build #3",
+    )
+    # a state saved before pool causes (a lent flag) reads the same; a bad cause is refused
+    old = p.to_state()
+    old["pools"]["p1"] = {k: v for k, v in old["pools"]["p1"].items() if k != "cause"} | {"lent": True}
+    assert GatePolicy(p.config, old).view()["pools"]["p1"]["cause"] == "lent"
+    with pytest.raises(ValueError, match="pool p1: cause 'borrowed' is not one of quarantined, offline"):
+        PoolUnavailable("p1", "?", cause="borrowed")
     (again,) = p.handle(PoolAvailable("p2"))
     assert (again.commit, again.pool) == ("b", "p2")
     # with no retry allowed, an inconclusive run stalls "b"; p1 coming back from a loan does
@@ -510,7 +521,8 @@ def test_a_run_on_a_pool_lent_to_a_try_build_is_planned_again_elsewhere_and_neve
     acts = p.handle(RunFinished(again.run_id, "inconclusive", reason="lost worker"))
     assert [a.kind for a in acts if isinstance(a, Alert)] == ["retries-exhausted"]
     assert not any(isinstance(a, StartRun) for a in p.handle(PoolAvailable("p1")))
-    p.handle(PoolUnavailable("p1", "quarantined: 3 consecutive infrastructure failures"))
+    p.handle(PoolUnavailable("p1", "quarantined: 3 consecutive infrastructure failures", cause="quarantined"))
+    assert p.view()["pools"]["p1"]["cause"] == "quarantined"
     (retried,) = [a for a in p.handle(PoolAvailable("p1")) if isinstance(a, StartRun)]
     assert retried.commit == "b"
 
@@ -520,9 +532,9 @@ def test_the_gate_takes_a_lent_pool_back_for_a_run_between_staging_and_master_on
     when no gate run is in flight, for a bisection or a confirmation; not for a tip run while
     another gate run is in flight, not for speculation, not while a pool is idle; and asking
     changes nothing."""
-    lent = PoolUnavailable("p2", "running try-bvt build #1", lent=True)
+    lent = PoolUnavailable("p2", "running try-bvt build #1", cause="lent")
     p = GatePolicy(PolicyConfig(speculate=True))
-    p.handle_all([PoolUnavailable("p1", "running try-bvt build #2", lent=True), lent])
+    p.handle_all([PoolUnavailable("p1", "running try-bvt build #2", cause="lent"), lent])
     assert p.needs_pools(["p2", "p1"]) == []  # nothing to test
     shas = tuple("abcdefghijklmnopqrst")  # 20 commits: likely to fail, worth speculating
     p.handle(StagingUpdated("m", shas))
@@ -536,7 +548,7 @@ def test_the_gate_takes_a_lent_pool_back_for_a_run_between_staging_and_master_on
     assert spec.kind == "speculate"
     p.handle(StagingUpdated("m", (*shas, "u")))
     q = GatePolicy(PolicyConfig(speculate=False), p.to_state())
-    p3 = PoolUnavailable("p3", "running try-bvt build #4", lent=True)
+    p3 = PoolUnavailable("p3", "running try-bvt build #4", cause="lent")
     q.handle(p3)
     assert q.needs_pools(["p3"]) == []  # a newer tip while the gate already runs one: wait
     # the tip fails: the bisection needs every pool it can get
