@@ -13,6 +13,8 @@ from bench.gate_sim.policies import POLICIES, resolve
 from bench.gate_sim.sim import Scenario, SimResult, simulate
 from bench.gate_sim.trace import Commit, TraceError, generate, load_trace
 
+CULPRIT_RATE = 0.05  # the default scenario's share of commits breaking the BVT (issue #8)
+
 
 def _pair(text: str) -> tuple[float, float]:
     try:
@@ -51,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--pools", type=int, default=3)
     ap.add_argument("--bvt-hours", type=_pair, default=(1.0, 3.0), metavar="LO,HI")
     ap.add_argument("--flake-rate", type=_fraction, default=0.02)
-    ap.add_argument("--culprit-rate", type=_fraction, default=0.05)
+    ap.add_argument("--culprit-rate", type=_fraction, default=CULPRIT_RATE)
     ap.add_argument(
         "--flake-model",
         choices=("run", "test"),
