@@ -494,6 +494,7 @@ class Demo:
             )
         else:
             self.say(f"The web UI stays up at {self.url} — Ctrl-C or `make demo-stop` stops everything.")
+            self.say(f"In a terminal: .venv/bin/qacloud gate status --url {self.url}")
         while True:
             time.sleep(3600)
 

@@ -141,7 +141,7 @@ def cmd_create_master(ns: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     # subcommand modules register themselves in COMMANDS (imported here: they import this module)
-    for module in ("master.cli_lab", "master.cli_pool"):  # power, check; pool release
+    for module in ("master.cli_lab", "master.cli_pool", "master.cli_gate"):  # power, check; pool; gate
         importlib.import_module(module)
 
     parser = argparse.ArgumentParser(prog="qacloud", description="qacloud: gate CloudStack staging -> master")

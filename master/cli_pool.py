@@ -70,6 +70,13 @@ class MasterClient:
                 ) from None
             raise CliError(f"login at {self.url}auth/login failed: HTTP {e.code} {e.reason}") from None
 
+    def fetch(self, path: str) -> bytes:
+        """GET ``path`` below the master's URL (no login: what anonymous viewers may see)."""
+        try:
+            return self._open(urllib.request.Request(self.url + path))
+        except urllib.error.HTTPError as e:
+            raise CliError(f"GET {self.url}{path}: HTTP {e.code} {e.reason}") from None
+
     def get(self, path: str) -> dict:
         try:
             return json.loads(self._open(urllib.request.Request(self.url + "api/v2/" + path)))

@@ -8,12 +8,15 @@ Pages (under ``/plugins/wsgi_dashboards/gate/``):
 
 - ``index.html``: the gate (a fragment the web UI embeds at ``/#/gate``);
 - ``tests.html``: recent tests with their flake rates;
-- ``test/<name>.html``: one test's results across recent builds and its flake rate.
+- ``test/<name>.html``: one test's results across recent builds and its flake rate;
+- ``status.json``: what the gate is doing and what needs a human, for scripts and monitoring
+  (``qacloud gate status``; ``gate_status`` below).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import urllib.parse
 from collections import defaultdict
 from collections.abc import Callable
@@ -269,6 +272,20 @@ class GatePage:
             out.append({**a, "when": when})
         return out
 
+    def summary(self) -> dict:
+        """``status.json``: the status line, what needs a human, the heads, the commits not on
+        master yet, every pool and the latest alerts."""
+        v = self.view
+        keys = ("name", "state", "label", "commit", "run_id", "reason")
+        return {
+            **self.status(),
+            "master": v.get("master"),
+            "staging": v.get("staging"),
+            "waiting": [c["commit"] for c in v.get("candidates") or [] if c.get("status") != "promoted"],
+            "pools": [{k: p[k] for k in keys} for p in self.pools()],
+            "alerts": self.alerts(),
+        }
+
     def report(self) -> dict:
         """Good commits (promoted, or ready once the culprit is reverted) and buggy ones."""
         culprits = {c["commit"] for c in self.view.get("culprits", [])}
@@ -330,6 +347,15 @@ def render_gate(view: dict | None, builds: list[dict], pool_names: list[str]) ->
     )
 
 
+def gate_status(view: dict | None, pool_names: list[str]) -> dict:
+    """``status.json`` (``GatePage.summary``); before the gate's first decision, state
+    ``starting`` with the inventory's pools (state unknown)."""
+    if view is None:
+        text = "Starting: the gate has not decided anything yet"
+        return GatePage({}, [], pool_names).summary() | {"state": "starting", "text": text, "attention": []}
+    return GatePage(view, [], pool_names).summary()
+
+
 def render_test(name: str, runs: list[dict], gate_flakes: list[dict]) -> str:
     """One test's history page (a full HTML page)."""
     return _env.get_template("test.html").render(
@@ -361,8 +387,10 @@ class GateDashboard:
         return blockingCallFromThread(reactor, lambda: defer.ensureDeferred(fn(master, *args)))
 
     def page(self, path: str) -> tuple[str, str]:
-        """(status, html) for a path below the dashboard."""
+        """(status, html or JSON) for a path below the dashboard."""
         path = path.strip("/") or "index.html"
+        if path == "status.json":
+            return "200 OK", json.dumps(gate_status(self._call(load_view), self.pool_names), indent=1)
         if path == "index.html":
             view = self._call(load_view)
             return "200 OK", render_gate(view, self._call(recent_builds), self.pool_names)
@@ -375,21 +403,16 @@ class GateDashboard:
         return "404 Not Found", f"<p>no dashboard page {path!r}</p>"
 
     def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        is_json = path.endswith(".json")
         try:
-            status, html = self.page(environ.get("PATH_INFO", ""))
+            status, text = self.page(path)
         except Exception as e:  # show the reason, not a bare 500
-            status, html = (
-                "500 Internal Server Error",
-                (
-                    "<p>the gate dashboard failed: "
-                    + jinja2.utils.markupsafe.escape(f"{type(e).__name__}: {e}")
-                    + "</p>"
-                ),
-            )
-        body = html.encode()
-        start_response(
-            status, [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))]
-        )
+            status, why = "500 Internal Server Error", f"the gate dashboard failed: {type(e).__name__}: {e}"
+            text = json.dumps({"error": why}) if is_json else f"<p>{jinja2.utils.markupsafe.escape(why)}</p>"
+        body = text.encode()
+        kind = "application/json; charset=utf-8" if is_json else "text/html; charset=utf-8"
+        start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body)))])
         return [body]
 
 

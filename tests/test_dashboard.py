@@ -239,21 +239,30 @@ def test_the_status_line_says_what_the_gate_is_doing_and_what_needs_a_human():
     assert "halted" in _status(html) and "Promotion stopped: master moved outside the gate" in _status(html)
 
 
-def test_a_block_shows_its_culprit_and_the_alert_a_human_must_answer():
-    """The status line and "Needs attention" from a real policy's view: A blamed, its revert
-    still fails test_vm (B, in A's span, breaks it too): the still-failing alert is what a
-    human must act on; the alerts list shows it newest first with its time."""
+STILL_FAILING_AT = 1_790_003_600.0  # 2026-09-21 15:13 UTC
+
+
+def still_failing_view() -> dict:
+    """A real policy's view: A blamed, its revert still fails test_vm (B, in A's span, breaks
+    it too), alerted at ``STILL_FAILING_AT``."""
     staging = ["a0", "A", "B", "a3"]
-    breaks, fixes, t0 = {"A": "test_vm", "B": "test_vm"}, {}, 1_790_000_000.0
+    breaks, fixes, t0 = {"A": "test_vm", "B": "test_vm"}, {}, STILL_FAILING_AT - 3600
     p = GatePolicy(PolicyConfig(confirmations=1, speculate=False, culprit_action="hold"))
     acts = p.handle(StagingUpdated("m", tuple(staging), now=t0))
     _play(p, "m", staging, breaks, fixes, acts + p.handle(PoolAvailable("p1", now=t0)))
     staging.append("revert-A")
     fixes["revert-A"] = "A"
     _play(p, "a0", staging, breaks, fixes, p.handle(StagingUpdated("a0", tuple(staging[1:]), now=t0 + 3600)))
-    v = p.view()
+    return p.view()
+
+
+def test_a_block_shows_its_culprit_and_the_alert_a_human_must_answer():
+    """The status line and "Needs attention" from a real policy's view: A blamed, its revert
+    still fails test_vm (B, in A's span, breaks it too): the still-failing alert is what a
+    human must act on; the alerts list shows it newest first with its time."""
+    v = still_failing_view()
     assert v["blocked"] == {"from": "A", "to": "revert-A", "tests": ["test_vm"]} and not v["halted"]
-    assert v["alerts"][-1]["at"] == t0 + 3600
+    assert v["alerts"][-1]["at"] == STILL_FAILING_AT
     html = render_gate(v, [], ["p1"])
     assert "blocked" in _status(html)
     assert "4 staging commit(s) wait behind culprit A (failing test_vm)" in _status(html)

@@ -52,6 +52,14 @@ def release(dep, pool: str, user: str, *extra: str):
     )
 
 
+def gate_status(dep, *extra: str):
+    return run(
+        [str(BIN / "qacloud"), "gate", "status", "--settings", str(dep.master.settings), *extra],
+        check=False,
+        timeout=30,
+    )
+
+
 def test_pool_release_returns_a_quarantined_pool_to_service(tmp_path):
     marker = tmp_path / "slow"  # while it exists, the suite hangs (so the worker can be lost mid-build)
     marker.touch()
@@ -100,6 +108,17 @@ def test_pool_release_returns_a_quarantined_pool_to_service(tmp_path):
         with urllib.request.urlopen(m.url + "plugins/wsgi_dashboards/gate/index.html", timeout=10) as r:
             pools = r.read().decode().split('id="pools"')[1].split("</table>")[0]
         assert "pool2" in pools and "quarantined" in pools
+        # qacloud gate status: a monitoring check saying so (exit 1), and its JSON
+        p = gate_status(dep)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert "needs a human:\n  - pool pool2 quarantined: 1 consecutive infrastructure failure" in p.stdout
+        doc = json.loads(gate_status(dep, "--json").stdout)
+        assert {q["name"]: q["label"] for q in doc["pools"]} == {"pool1": "idle", "pool2": "quarantined"}
+        with urllib.request.urlopen(m.url + "plugins/wsgi_dashboards/gate/status.json", timeout=10) as r:
+            assert r.headers["Content-Type"] == "application/json; charset=utf-8"  # anonymous, like the UI
+            assert json.loads(r.read())["attention"] == doc["attention"]
+        p = gate_status(dep, "--url", f"http://127.0.0.1:{free_port()}/")
+        assert p.returncode == 2 and "qacloud gate status: cannot reach the master" in p.stderr, p.stderr
 
         # refused: anonymous and developer forces, an unknown pool, an unreachable master
         release_params = {"pool": "pool2"}
@@ -126,6 +145,9 @@ def test_pool_release_returns_a_quarantined_pool_to_service(tmp_path):
         assert svc["results"] == 0 and svc["complete"]
         assert _pool_state(dep, "pool2") != "unavailable"
         assert QA_PASSWORD not in p.stdout + p.stderr + (m.basedir / "twistd.log").read_text()
+        p = gate_status(dep)
+        assert p.returncode == 0 and "needs a human" not in p.stdout, p.stdout + p.stderr
+        assert "  pool2  idle" in p.stdout, p.stdout
 
         # usable again: a build asking for pool2 runs there
         status, body = m.rpc("forceschedulers/force", "force", force, user="admin")
