@@ -3,8 +3,9 @@
 ``scan(deployment, secrets)`` reads (anonymously and as admin) every build with its
 properties, every step, every log of every step (raw, via ``/api/v2/logs/<id>/raw``), test
 result sets and results, workers, changes, change sources, schedulers, force schedulers,
-builders, build requests, buildsets and masters, plus the master's ``twistd.log``, and
-returns every place a secret value occurs. Zero hits is the requirement.
+builders, build requests, buildsets and masters, the gate dashboard's pages (the gate,
+``status.json``, the tests), plus the master's ``twistd.log``, and returns every place a
+secret value occurs. Zero hits is the requirement.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ COLLECTIONS = (
     "projects",
 )
 
+DASHBOARD_PAGES = ("index.html", "status.json", "tests.html")  # below plugins/wsgi_dashboards/gate/
+
 
 @dataclass
 class ScanReport:
@@ -40,8 +43,8 @@ class ScanReport:
     hits: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _get(dep: Deployment, path: str, user: str | None) -> bytes:
-    req = urllib.request.Request(dep.master.url + "api/v2/" + path)
+def _get(dep: Deployment, path: str, user: str | None, base: str = "api/v2/") -> bytes:
+    req = urllib.request.Request(dep.master.url + base + path)
     with dep.master.opener(user).open(req, timeout=20) as r:
         return r.read()
 
@@ -67,6 +70,9 @@ def scan(
         who = user or "anonymous"
         for path in COLLECTIONS:
             search(f"{who}: /api/v2/{path}", _get(dep, path, user))
+        for page in DASHBOARD_PAGES:
+            base = "plugins/wsgi_dashboards/gate/"
+            search(f"{who}: /{base}{page}", _get(dep, page, user, base))
         builds = json.loads(_get(dep, "builds", user))["builds"]
         for b in builds:
             bid = b["buildid"]

@@ -158,8 +158,9 @@ def test_no_secret_leaks_and_control_needs_login(lab_deployment, tmp_path, relia
         survived=len(secrets) - len({n for n, _ in report.hits}),
         data_lost=len(report.hits),
         detail=f"{len(secrets)} secrets ({', '.join(in_play)}) searched in {report.build_logs} build logs, "
-        f"{report.documents} documents, {report.bytes_scanned} bytes (REST anonymous + admin, twistd.log) "
-        "after 2 provisioning builds (one BMC auth failure) and a refused try: "
+        f"{report.documents} documents, {report.bytes_scanned} bytes (REST API and gate dashboard, "
+        "anonymous + admin; twistd.log) after 2 provisioning builds (one BMC auth failure) and a "
+        "refused try: "
         f"{len(report.hits)} hits",
         test="test_no_secret_leaks_and_control_needs_login",
         seconds=time.monotonic() - start,
@@ -169,6 +170,8 @@ def test_no_secret_leaks_and_control_needs_login(lab_deployment, tmp_path, relia
     # the scan can find things: a value that is in the logs is reported
     canary = scan(dep, {"canary": "ran the suite"})
     assert canary.hits, "the scanner found nothing it should have found"
+    pool = scan(dep, {"pool": "relpool"})  # ... and it reads the gate dashboard's pages too
+    assert "anonymous: /plugins/wsgi_dashboards/gate/status.json" in {where for _, where in pool.hits}
 
     # 5. anonymous control requests are refused
     builder = _force(m, "relpool")  # as admin: fine
