@@ -188,7 +188,8 @@ Action = StartRun | CancelRun | Promote | Blame | RecordFlake | Revert | Alert
 #   flakes: [{"commit", "tests", "run_id"}]
 #   learned: {"on", "runs", "flakes", "rate", "target", "distrusted": [test]}  the learned flake
 #        rates of runs restricted to the failing tests (absent in views before round 13)
-#   pools: {name: {"state": "idle"|"busy"|"unavailable", "run_id", "commit", "reason"}}
+#   pools: {name: {"state": "idle"|"busy"|"unavailable", "run_id", "commit", "reason",
+#                  "cause": one of POOL_CAUSES while unavailable, else None}}
 #   promotions: [{"commit", "ok", "reason"}]
 #   alerts: [{"kind", "message", "commit", "at"}]   ("commit", "at" absent in states saved
 #        before them; "at": the events' clock when it was raised, epoch seconds in the scheduler)
