@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from master.cli import COMMANDS
-from master.cli_pool import CliError, MasterClient
-from master.settings import ENV_VAR, load_settings
-from master.yamlconf import ConfigError
+from master.cli_pool import CliError, MasterClient, add_master_options, talking_to_master
+from master.settings import load_settings
 
 STATUS_PATH = "plugins/wsgi_dashboards/gate/status.json"
 RECENT = 3  # alerts shown in the terminal (--json has the dashboard's whole list)
@@ -82,25 +80,18 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="what the gate is doing and what needs a human (exit 1 if something does)",
         description="Read the gate dashboard's status.json from the master and print it.",
     )
-    s.add_argument("--settings", help=f"settings YAML (default: ${ENV_VAR} or the demo settings)")
-    s.add_argument("--url", help="the master's web URL (default: www.url, else http://<bind>:<port>/)")
+    add_master_options(s)
     s.add_argument("--json", action="store_true", help="print status.json itself")
     s.add_argument("--timeout", type=float, default=15, help="seconds to wait for the master (15)")
 
 
 def cmd_gate(ns: argparse.Namespace) -> int:
-    try:
-        url = ns.url or load_settings(ns.settings).www.buildbot_url
-        doc = fetch_status(url, ns.timeout)
-    except ConfigError as e:
-        for p in e.problems:
-            print(str(p), file=sys.stderr)
-        return 2
-    except CliError as e:
-        print(f"qacloud gate status: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(doc, indent=1) if ns.json else render(doc))
-    return 1 if needs_human(doc) else 0
+    def status() -> int:
+        doc = fetch_status(ns.url or load_settings(ns.settings).www.buildbot_url, ns.timeout)
+        print(json.dumps(doc, indent=1) if ns.json else render(doc))
+        return 1 if needs_human(doc) else 0
+
+    return talking_to_master("qacloud gate status", status)
 
 
 COMMANDS["gate"] = ("the gate: status (what it does, what needs a human)", _add_arguments, cmd_gate)

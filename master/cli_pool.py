@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,6 +170,27 @@ def _outcome(client: MasterClient, build: dict) -> str:
     return text
 
 
+def add_master_options(p: argparse.ArgumentParser) -> None:
+    """``--settings`` and ``--url``: which master a command talks to (``www.url``, else
+    ``http://<bind>:<port>/`` of the settings)."""
+    p.add_argument("--settings", help=f"settings YAML (default: ${ENV_VAR} or the demo settings)")
+    p.add_argument("--url", help="the master's web URL (default: www.url, else http://<bind>:<port>/)")
+
+
+def talking_to_master(prefix: str, fn: Callable[[], int]) -> int:
+    """Run a command that talks to the master: bad settings print their problems, a
+    ``CliError`` one line after ``prefix``; both exit with status 2."""
+    try:
+        return fn()
+    except ConfigError as e:
+        for p in e.problems:
+            print(str(p), file=sys.stderr)
+        return 2
+    except CliError as e:
+        print(f"{prefix}: {e}", file=sys.stderr)
+        return 2
+
+
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="pool_cmd", required=True, metavar="ACTION")
     r = sub.add_parser(
@@ -177,29 +199,23 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         description="Force the pool-service scheduler for POOL as USER and wait for the result.",
     )
     r.add_argument("pool", metavar="POOL")
-    r.add_argument("--settings", help=f"settings YAML (default: ${ENV_VAR} or the demo settings)")
+    add_master_options(r)
     r.add_argument("--user", required=True, help="a web user with role admins or qa (from 'users')")
-    r.add_argument("--url", help="the master's web URL (default: www.url, else http://<bind>:<port>/)")
     r.add_argument("--timeout", type=float, default=120, help="seconds to wait for the build (120)")
 
 
 def cmd_pool(ns: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(ns.settings)
-        build = release(settings, ns.pool, ns.user, ns.url, ns.timeout)
-    except ConfigError as e:
-        for p in e.problems:
-            print(str(p), file=sys.stderr)
-        return 2
-    except CliError as e:
-        print(f"qacloud pool release: {e}", file=sys.stderr)
-        return 2
-    text = build["text"]
-    if build.get("results") == SUCCESS:
-        print(f"{text} ({build['url']})")
-        return 0
-    print(f"qacloud pool release: the pool-service build failed: {text} ({build['url']})", file=sys.stderr)
-    return 1
+    def release_pool() -> int:
+        build = release(load_settings(ns.settings), ns.pool, ns.user, ns.url, ns.timeout)
+        text = build["text"]
+        if build.get("results") == SUCCESS:
+            print(f"{text} ({build['url']})")
+            return 0
+        failed = f"the {POOL_SERVICE_SCHEDULER} build failed: {text} ({build['url']})"
+        print(f"qacloud pool release: {failed}", file=sys.stderr)
+        return 1
+
+    return talking_to_master("qacloud pool release", release_pool)
 
 
 COMMANDS["pool"] = ("lab admin commands on pools (release)", _add_arguments, cmd_pool)
