@@ -356,6 +356,10 @@ class GateScheduler(ReconfigurableBaseScheduler):
                     " before creating it): inconclusive, the gate will retry it"
                 )
                 events.append(RunFinished(run_id, "inconclusive", reason="buildset missing after restart"))
+            elif bs.complete and m.get("again"):  # cancelled by the master's shutdown
+                tests = tuple(run["tests"]) if run["tests"] is not None else None
+                await self._start_run(StartRun(run_id, run["commit"], run["pool"], run["kind"], tests))
+                log.msg(f"gate: run {run_id} of {_short(run['commit'])}: started again after the restart")
             elif bs.complete:
                 c = await self._classify(m["bsid"], run_id)
                 log.msg(f"gate: run {run_id} of {_short(run['commit'])} finished while the master was down")
@@ -680,6 +684,19 @@ class GateScheduler(ReconfigurableBaseScheduler):
                     " cancelled it: not used"
                 )
             return
+        stopped = await self._last_build(bsid)
+        if self._shutting_down() and stopped is not None and stopped.results == CANCELLED:
+            # Buildbot stops running builds as RETRY when the master shuts down, and re-queues
+            # them; but a step the shutdown interrupts before its command started ends
+            # CANCELLED, which wins: the request is done. Not the run's result: it is run
+            # again after the start, as Buildbot would have (``_reconcile``)
+            self._runs[run_id]["again"] = True
+            await self.setState("runs", self._runs)
+            log.msg(
+                f"gate: run {run_id} of {_short(run['commit'])} on {run['pool']}: build {stopped.id}"
+                " cancelled by the master's shutdown: not a result, it runs again after the start"
+            )
+            return
         c = await self._classify(bsid, run_id)
         await self._process([self._finished_event(run_id, run, c)])
 
@@ -698,6 +715,15 @@ class GateScheduler(ReconfigurableBaseScheduler):
             builds.extend(await self.master.db.builds.getBuilds(buildrequestid=br.buildrequestid))
         return builds
 
+    async def _last_build(self, bsid: int):
+        builds = await self._builds(bsid)
+        return max(builds, key=lambda b: b.id) if builds else None
+
+    def _shutting_down(self) -> bool:
+        """The master is stopping (``buildbot stop``/``restart``): Buildbot's botmaster ends
+        the running builds."""
+        return bool(getattr(getattr(self.master, "botmaster", None), "shuttingDown", False))
+
     async def _finished_build(self, bsid: int):
         """A build of the buildset that finished with a real result (not RETRY/CANCELLED)."""
         done = [
@@ -710,10 +736,9 @@ class GateScheduler(ReconfigurableBaseScheduler):
     async def _classify(self, bsid: int, run_id: str, build=None) -> Classified:
         """The outcome of a run's (completed) buildset from its last build (or ``build``)."""
         if build is None:
-            builds = await self._builds(bsid)
-            if not builds:
+            build = await self._last_build(bsid)
+            if build is None:
                 return Classified("inconclusive", (), "the build request ended before a build started")
-            build = max(builds, key=lambda b: b.id)
         props = await self.master.db.builds.getBuildProperties(build.id)
         self._urls[run_id] = f"{self._base_url()}#/builders/{build.builderid}/builds/{build.number}"
         while len(self._urls) > URL_HISTORY:
@@ -739,7 +764,7 @@ class GateScheduler(ReconfigurableBaseScheduler):
             )
             count = False
         elif count and msg.get("results") == RETRY:
-            if getattr(getattr(self.master, "botmaster", None), "shuttingDown", False):
+            if self._shutting_down():
                 log.msg(
                     f"gate: build {msg.get('buildid')} stopped by the master's shutdown (RETRY): not"
                     " counted against its pool; Buildbot runs it again after the restart"

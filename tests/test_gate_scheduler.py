@@ -6,7 +6,7 @@ buildset calls are Buildbot's own test doubles.
 
 from __future__ import annotations
 
-from buildbot.process.results import FAILURE, SUCCESS
+from buildbot.process.results import CANCELLED, FAILURE, SUCCESS
 from buildbot.test import fakedb
 from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.util.scheduler import SchedulerMixin
@@ -326,6 +326,61 @@ class GateSchedulerTests(SchedulerMixin, StateTestMixin, TestReactorMixin, unitt
         yield sched.activate()
         self.assertEqual(self.origin.pushed, [COMMITS[-1]])
         self.assertNotIn(COMMITS[-1], [c["sourcestamps"][0]["revision"] for c in self.started()])
+        yield sched.deactivate()
+
+    @defer.inlineCallbacks
+    def test_a_run_the_masters_shutdown_cancelled_runs_again_after_the_start(self):
+        """Buildbot stops running builds as RETRY on a master shutdown and re-queues them, but a
+        step interrupted before its command started ends CANCELLED and the request is done
+        (tests/reliability/test_restart_and_quarantine.py met it). That is no result: the gate
+        neither retries it elsewhere nor counts it; after the start it runs the same run again.
+        Without a shutdown a cancelled build is an inconclusive run, retried."""
+        sched = yield self.make()
+        yield sched.activate()
+        n = len(self.started())
+        yield self.finish_buildset(500, CANCELLED)
+        self.master.botmaster.shuttingDown = True
+        yield sched._buildset_complete(("buildsets", "500", "complete"), {"bsid": 500})
+        self.assertEqual(len(self.started()), n, "nothing started while the master stops")
+        policy = yield sched.getState("policy")
+        self.assertIn("r1", policy["runs"])
+        self.assertEqual(policy["inconclusive"], {})
+        runs = yield sched.getState("runs")
+        self.assertEqual(runs["r1"], {"bsid": 500, "brid": 100, "again": True})
+        yield sched.deactivate()
+
+    @defer.inlineCallbacks
+    def test_the_next_master_runs_a_run_its_predecessors_shutdown_cancelled_again(self):
+        """... the next master: r1 again, the same commit, kind and pool, no inconclusive count."""
+        sched = yield self.restart_with({"r1": {"bsid": 73, "brid": 1073, "again": True}}, [])
+        yield self.finish_buildset(73, CANCELLED)
+        run = (yield sched.getState("policy"))["runs"]["r1"]
+        yield sched.activate()
+        (rerun,) = [c for c in self.started() if c["properties"]["gate_run_id"][0] == "r1"]
+        self.assertEqual(rerun["sourcestamps"][0]["revision"], run["commit"])
+        self.assertEqual(
+            (rerun["properties"]["gate_kind"][0], rerun["properties"]["pool"][0]), (run["kind"], run["pool"])
+        )
+        runs = yield sched.getState("runs")
+        self.assertNotIn("again", runs["r1"])
+        self.assertNotEqual(runs["r1"]["bsid"], 73)
+        policy = yield sched.getState("policy")
+        self.assertEqual(policy["runs"]["r1"], run)
+        self.assertEqual(policy["inconclusive"], {})
+        self.assertNotIn("retry", [c["properties"]["gate_kind"][0] for c in self.started()])
+        yield sched.deactivate()
+
+    @defer.inlineCallbacks
+    def test_a_cancelled_build_without_a_shutdown_is_an_inconclusive_run(self):
+        sched = yield self.make()
+        yield sched.activate()
+        n = len(self.started())
+        yield self.finish_buildset(500, CANCELLED)
+        yield sched._buildset_complete(("buildsets", "500", "complete"), {"bsid": 500})
+        retry = [c for c in self.started()[n:] if c["properties"]["gate_kind"][0] == "retry"]
+        self.assertEqual([c["sourcestamps"][0]["revision"] for c in retry], [COMMITS[-1]])
+        policy = yield sched.getState("policy")
+        self.assertNotIn("r1", policy["runs"])
         yield sched.deactivate()
 
     @defer.inlineCallbacks
